@@ -1,0 +1,382 @@
+"""Kernel decisions as pure functions: (record, request, now) → events, reply, effects.
+
+Nothing here talks to the broker. Each function checks a request against the
+execution record, and returns a :class:`Decision`: the events of the
+transition (already numbered after ``record.last_sequence``), the reply, and
+the messages to publish once the events are stored (jobs, assignment
+notices). A request that must be refused raises :class:`KernelError` and
+changes nothing — except a policy denial, which records ``intent.denied`` and
+answers ``FORBIDDEN`` (DESIGN §8). Behaviour follows ``spec/kernel.md`` §3–§15.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from schemas import api
+from schemas import events as ev
+from schemas.ids import new_id
+from schemas.records import ExecutionRecord, ExecutionStatus, StepRecord, StepStatus
+from schemas.work import AssignmentNotice, Job
+
+from .errors import KernelError
+from .policy import Policy, PolicyInput
+
+__all__ = ["Decision", "Limits", "EventBuilder", "create", "claim", "intent", "step_result", "signal", "cancel",
+           "runner_started", "runner_result", "history_for_claim"]
+
+REMOTE_MAX_ATTEMPTS = 3
+HISTORY_CLAIM_LIMIT = 50
+HISTORY_CLAIM_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Timeouts the decisions need (``spec/kernel.md`` §23)."""
+
+    step_timeout: timedelta = timedelta(minutes=5)
+
+
+@dataclass(slots=True)
+class Decision:
+    """What a request does: events to append (one batch), the reply, and follow-up messages."""
+
+    events: list[ev.Event]
+    reply: Any
+    jobs: list[Job] = field(default_factory=list)
+    notices: list[AssignmentNotice] = field(default_factory=list)
+    error: KernelError | None = None
+    """Set when the reply is an error that is nevertheless recorded (policy denial)."""
+
+
+class EventBuilder:
+    """Numbers and links the events of one batch (``spec/events.md`` §2–§3).
+
+    Sequences continue after ``last_sequence``; all events share ``now``; each event's
+    ``causation_id`` is the previous event's id (the first: its own); the batch shares one
+    ``correlation_id`` (given, or the first event's id).
+    """
+
+    def __init__(self, execution_id: str, last_sequence: int, now: datetime, correlation_id: str = "") -> None:
+        self.execution_id = execution_id
+        self.next_seq = last_sequence + 1
+        self.now = now
+        self.correlation_id = correlation_id
+        self.events: list[ev.Event] = []
+
+    def add(self, cls: type, payload: Any, step_id: str = "") -> ev.Event:
+        eid = new_id()
+        if not self.correlation_id:
+            self.correlation_id = eid
+        cause = self.events[-1].id if self.events else eid
+        event = cls(id=eid, execution_id=self.execution_id, step_id=step_id, timestamp=self.now,
+                    sequence=self.next_seq, causation_id=cause, correlation_id=self.correlation_id,
+                    payload=payload)
+        self.next_seq += 1
+        self.events.append(event)
+        return event
+
+
+def _builder(rec: ExecutionRecord, now: datetime) -> EventBuilder:
+    return EventBuilder(rec.id, rec.last_sequence, now)
+
+
+def _terminal_error(rec: ExecutionRecord) -> KernelError:
+    return KernelError("CONFLICT", f"execution is in terminal state: execution {rec.id} is {rec.status.value}",
+                       {"execution_id": rec.id, "status": rec.status.value})
+
+
+def _check_session(rec: ExecutionRecord, session_id: str) -> None:
+    """Fence stale agents (DESIGN §5.3): only the current session may act."""
+    if rec.session is None or rec.session.id != session_id:
+        raise KernelError("UNAUTHORIZED", f"session not found: session {session_id}",
+                          {"execution_id": rec.id, "session_id": session_id})
+
+
+def _step(rec: ExecutionRecord, step_id: str) -> StepRecord:
+    step = rec.steps.get(step_id)
+    if step is None:
+        raise KernelError("NOT_FOUND", f"not found: step {step_id}", {"execution_id": rec.id, "step_id": step_id})
+    return step
+
+
+# ---------------------------------------------------------------- create --
+def create(execution_id: str, req: api.CreateExecution, now: datetime) -> Decision:
+    """E1: ``execution.created``; the reply is the pending execution; one assignment notice."""
+    b = EventBuilder(execution_id, 0, now)
+    b.add(ev.ExecutionCreated, ev.ExecutionCreatedPayload(agent_id=req.agent_id, input=req.input, labels=req.labels))
+    notice = AssignmentNotice(execution_id=execution_id, agent_id=req.agent_id, created_at=now)
+    return Decision(b.events, None, notices=[notice])
+
+
+# ----------------------------------------------------------------- claim --
+def history_for_claim(rec: ExecutionRecord, encoded_size: Callable[[Any], int]) -> list:
+    """Last 50 terminal entries, newest kept within 512 KiB of JSON (``spec/kernel.md`` §7)."""
+    entries = rec.history[-HISTORY_CLAIM_LIMIT:]
+    total, keep = 0, 0
+    for entry in reversed(entries):
+        total += encoded_size(entry)
+        if total > HISTORY_CLAIM_BYTES:
+            break
+        keep += 1
+    return entries[len(entries) - keep:] if keep else []
+
+
+def _claim_reply(rec: ExecutionRecord, history: list) -> api.ClaimReply:
+    assert rec.session is not None
+    return api.ClaimReply(execution_id=rec.id, session_id=rec.session.id, agent_id=rec.agent_id, input=rec.input,
+                          labels=rec.labels or {}, history=history, last_sequence=rec.last_sequence)
+
+
+def claim(rec: ExecutionRecord, req: api.Claim, now: datetime) -> Decision:
+    """E2 (and re-claim after a lost lease, DESIGN §5.3).
+
+    A pending execution gets a new session. A running or blocked one is re-claimed only
+    when the same notice comes back with a higher delivery count — the broker redelivers
+    only after the previous holder's lease (ack wait) lapsed — giving ``agent.timeout``,
+    ``step.cancelled`` for active steps, ``execution.reset`` and ``execution.started`` under
+    a new session; the old session is fenced from then on. A repeat of the claim that made
+    the current session is answered with that session. The reply's ``history`` is filled
+    in by the caller.
+    """
+    if rec.agent_id != req.agent_id:
+        raise KernelError("CONFLICT", f"execution {rec.id} belongs to agent {rec.agent_id}, not {req.agent_id}")
+    if rec.terminal:
+        raise _terminal_error(rec)
+    started = ev.ExecutionStartedPayload(session_id=new_id(), consumer_id=req.consumer_id,
+                                         notice_seq=req.notice_seq, delivery=req.delivery)
+    s = rec.session
+    if rec.status is ExecutionStatus.PENDING or s is None:
+        b = _builder(rec, now)
+        if rec.status is not ExecutionStatus.PENDING:  # running/blocked without a session (reset lost)
+            _cancel_active(b, rec, "agent disconnected")
+            b.add(ev.ExecutionReset, ev.ExecutionResetPayload(reason="recovery", from_status=rec.status.value))
+        b.add(ev.ExecutionStarted, started)
+        return Decision(b.events, "claimed")
+    if s.consumer_id == req.consumer_id and s.notice_seq == req.notice_seq and s.delivery == req.delivery:
+        return Decision([], "repeat")
+    if req.notice_seq == s.notice_seq and req.delivery > s.delivery:
+        b = _builder(rec, now)
+        b.add(ev.AgentTimeout, ev.AgentTimeoutPayload(session_id=s.id))
+        _cancel_active(b, rec, "agent disconnected")
+        b.add(ev.ExecutionReset, ev.ExecutionResetPayload(reason="lease_expired", from_status=rec.status.value))
+        b.add(ev.ExecutionStarted, started)
+        return Decision(b.events, "claimed")
+    raise KernelError("CONFLICT", f"execution {rec.id} is already claimed by {s.consumer_id}",
+                      {"execution_id": rec.id, "status": rec.status.value})
+
+
+def _cancel_active(b: EventBuilder, rec: ExecutionRecord, reason: str) -> None:
+    for step in rec.active_steps():
+        b.add(ev.StepCancelled, ev.ReasonPayload(reason=reason), step.id)
+
+
+# ---------------------------------------------------------------- intent --
+def _replayed(step: StepRecord) -> api.IntentReply:
+    return api.IntentReply(accepted=True, step_id=step.id, step_status=step.status.value,
+                           result=step.result if step.status is StepStatus.SUCCEEDED else None,
+                           error=step.error if step.status is not StepStatus.SUCCEEDED else "")
+
+
+def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, policy: Policy, limits: Limits,
+           pick_runner: Callable[[str], str | None]) -> Decision:
+    """The four intents (``spec/kernel.md`` §8), with idempotency keys honoured.
+
+    ``invoke_tool`` with a key already used in this execution answers with that step
+    (and its recorded result when it finished — durable resume, DESIGN §5.4) instead of
+    creating another; a key whose step was cancelled or timed out starts a new step.
+    """
+    _check_session(rec, req.session_id)
+    if req.request_id and req.request_id in rec.request_keys and not isinstance(req.intent, api.InvokeTool):
+        # a retried complete/fail/wait whose first copy was recorded
+        return Decision([], api.IntentReply(signal_received=isinstance(req.intent, api.Wait)
+                                            and rec.status is not ExecutionStatus.BLOCKED))
+    if rec.terminal:
+        raise _terminal_error(rec)
+    if rec.status is ExecutionStatus.BLOCKED:
+        raise KernelError("CONFLICT", f"execution is blocked: execution {rec.id} is blocked pending "
+                          f"{'approval' if rec.blocked_reason == 'approval' else 'signal ' + rec.blocked_ref}")
+    it = req.intent
+    b = _builder(rec, now)
+    match it:
+        case api.InvokeTool():
+            if it.idempotency_key and it.idempotency_key in rec.step_keys:
+                prior = rec.steps[rec.step_keys[it.idempotency_key]]
+                if prior.status not in (StepStatus.CANCELLED, StepStatus.TIMED_OUT):
+                    return Decision([], _replayed(prior))
+            decision = policy.evaluate(PolicyInput(
+                tool_id=it.tool_id, agent_id=rec.agent_id, labels=rec.labels or {}, arguments=it.arguments,
+                step_count=rec.step_count, duration_ms=int((now - rec.created_at).total_seconds() * 1000)))
+            if not decision.allowed:
+                b.add(ev.IntentDenied, ev.IntentDeniedPayload(
+                    intent_type="invoke_tool", tool_id=it.tool_id, arguments=it.arguments,
+                    idempotency_key=it.idempotency_key, reason=decision.reason, rule_id=decision.rule_id))
+                err = KernelError("FORBIDDEN", f"policy denied: {decision.reason} (rule: {decision.rule_id})",
+                                  {"rule_id": decision.rule_id, "tool_id": it.tool_id})
+                return Decision(b.events, None, error=err)
+            runner_id = ""
+            if it.remote:
+                runner_id = pick_runner(it.tool_id) or ""
+                if not runner_id:
+                    raise KernelError("NOT_FOUND", f"no runner advertises tool {it.tool_id!r}",
+                                      {"tool_id": it.tool_id})
+            timeout = timedelta(milliseconds=decision.timeout_ms) if decision.timeout_ms > 0 else limits.step_timeout
+            deadline = now + timeout
+            details: dict[str, Any] = {"tool_id": it.tool_id}
+            if it.arguments is not None:
+                details["arguments"] = it.arguments
+            if it.idempotency_key:
+                details["idempotency_key"] = it.idempotency_key
+            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="invoke_tool", details=details))
+            step_id = new_id()
+            b.add(ev.StepCreated, ev.StepCreatedPayload(
+                tool_id=it.tool_id, arguments=it.arguments, deadline=deadline, remote=it.remote,
+                max_attempts=REMOTE_MAX_ATTEMPTS if it.remote else 1, attempt=1,
+                idempotency_key=it.idempotency_key), step_id)
+            jobs = []
+            if it.remote:
+                job = Job(id=new_id(), execution_id=rec.id, step_id=step_id, tool_id=it.tool_id, attempt=1,
+                          deadline=deadline, runner_id=runner_id, arguments=it.arguments)
+                b.add(ev.StepDispatched, ev.StepDispatchedPayload(runner_id=runner_id, job_id=job.id,
+                                                                  deadline=deadline), step_id)
+                jobs.append(job)
+            status = "dispatched" if it.remote else "pending"
+            return Decision(b.events, api.IntentReply(step_id=step_id, step_status=status), jobs=jobs)
+        case api.Complete() | api.Fail():
+            if rec.active_steps():
+                verb = "complete" if isinstance(it, api.Complete) else "fail"
+                raise KernelError("CONFLICT", f"conflict: cannot {verb} with active steps in progress",
+                                  {"active_steps": [s.id for s in rec.active_steps()]})
+            if isinstance(it, api.Complete):
+                b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(
+                    intent_type="complete", details=None if it.output is None else {"output": it.output}))
+                b.add(ev.ExecutionCompleted, ev.ExecutionCompletedPayload(output=it.output))
+            else:
+                b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="fail", details={"error": it.error}))
+                b.add(ev.ExecutionFailed, ev.ErrorPayload(error=it.error))
+            return Decision(b.events, api.IntentReply())
+        case api.Wait():
+            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="wait",
+                                                              details={"signal_type": it.signal_type}))
+            pending = next((s for s in rec.pending_signals if s.signal_type == it.signal_type), None)
+            if pending is not None:
+                b.add(ev.ExecutionResumed, ev.ReasonPayload(reason=f"signal received: {it.signal_type}"))
+                return Decision(b.events, api.IntentReply(signal_received=True, signal_payload=pending.payload))
+            b.add(ev.ExecutionBlocked, ev.ExecutionBlockedPayload(reason="signal", ref=it.signal_type))
+            return Decision(b.events, api.IntentReply())
+    raise KernelError("VALIDATION_ERROR", "unknown intent type")  # pragma: no cover - union is closed
+
+
+# ----------------------------------------------------------- step result --
+def step_result(rec: ExecutionRecord, req: api.StepResult, now: datetime) -> Decision:
+    """A local step's outcome from the session's agent (S7/S8; never retried)."""
+    _check_session(rec, req.session_id)
+    step = _step(rec, req.step_id)
+    if step.remote:
+        raise KernelError("VALIDATION_ERROR", f"step {step.id} is remote; its runner reports the result")
+    if not step.active:
+        same = (step.status is StepStatus.SUCCEEDED) == req.success
+        if same and (not req.success or step.result == req.data):
+            return Decision([], api.Ok())  # a retried report
+        raise KernelError("CONFLICT", f"step already resolved: step {step.id} is {step.status.value}",
+                          {"step_id": step.id, "status": step.status.value})
+    if rec.terminal:
+        raise _terminal_error(rec)
+    b = _builder(rec, now)
+    if req.success:
+        b.add(ev.StepCompleted, ev.StepCompletedPayload(result=req.data), step.id)
+    else:
+        b.add(ev.StepFailed, ev.StepFailedPayload(error=req.error or "tool failed", retryable=False), step.id)
+    return Decision(b.events, api.Ok())
+
+
+# ---------------------------------------------------------------- signal --
+def signal(rec: ExecutionRecord, req: api.SignalExecution, now: datetime) -> Decision:
+    """``signal.received``, and ``execution.resumed`` when it is the awaited type (E7, §15)."""
+    if req.request_id and req.request_id in rec.request_keys:
+        return Decision([], api.Ok())
+    if rec.terminal:
+        raise _terminal_error(rec)
+    b = _builder(rec, now)
+    b.add(ev.SignalReceived, ev.SignalReceivedPayload(signal_type=req.signal_type, payload=req.payload))
+    if rec.status is ExecutionStatus.BLOCKED and rec.blocked_reason == "signal" and rec.blocked_ref == req.signal_type:
+        b.add(ev.ExecutionResumed, ev.ReasonPayload(reason=f"signal received: {req.signal_type}"))
+    return Decision(b.events, api.Ok())
+
+
+# ---------------------------------------------------------------- cancel --
+def cancel(rec: ExecutionRecord, req: api.CancelExecution, now: datetime) -> Decision:
+    """E14: ``step.cancelled`` for every active step, then ``execution.cancelled``."""
+    if req.request_id and req.request_id in rec.request_keys:
+        return Decision([], "view")
+    if rec.terminal:
+        raise _terminal_error(rec)
+    b = _builder(rec, now)
+    _cancel_active(b, rec, "execution cancelled")
+    b.add(ev.ExecutionCancelled, ev.ReasonPayload(reason="cancelled by request"))
+    return Decision(b.events, "view")
+
+
+# ---------------------------------------------------------------- runner --
+def runner_started(rec: ExecutionRecord, req: api.RunnerStarted, now: datetime) -> Decision:
+    """A runner instance is about to run a job (S6).
+
+    ``proceed=False`` tells it to drop the job: the execution or step is over, or the job
+    is stale. A job redelivered to another instance while the step was ``running`` means
+    the first instance was lost (DESIGN §5.5): the attempt fails as ``runner_lost`` and,
+    while attempts remain, the new instance runs the next attempt.
+    """
+    step = _step(rec, req.step_id)
+    if rec.terminal or not step.active:
+        return Decision([], api.StartedReply(proceed=False, reason=f"step is {step.status.value}"))
+    if step.job_id != req.job_id:
+        return Decision([], api.StartedReply(proceed=False, reason="stale job"))
+    b = _builder(rec, now)
+    if step.status is StepStatus.RUNNING:
+        if step.consumer_id == req.consumer_id:
+            return Decision([], api.StartedReply(proceed=True, attempt=step.attempt))
+        lost = f"runner_lost: {step.runner_id} instance {step.consumer_id} stopped before reporting a result"
+        if step.attempt >= step.max_attempts:
+            b.add(ev.StepFailed, ev.StepFailedPayload(error=lost, retryable=False), step.id)
+            return Decision(b.events, api.StartedReply(proceed=False, reason="attempts exhausted"))
+        b.add(ev.StepFailed, ev.StepFailedPayload(error=lost, retryable=True), step.id)
+        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=step.attempt + 1), step.id)
+        b.add(ev.StepDispatched, ev.StepDispatchedPayload(runner_id=req.runner_id, job_id=req.job_id,
+                                                          deadline=step.deadline), step.id)
+        attempt = step.attempt + 1
+    else:
+        attempt = step.attempt
+    b.add(ev.StepStarted, ev.StepStartedPayload(runner_id=req.runner_id, consumer_id=req.consumer_id), step.id)
+    return Decision(b.events, api.StartedReply(proceed=True, attempt=attempt))
+
+
+def runner_result(rec: ExecutionRecord, req: api.RunnerResult, now: datetime, *, limits: Limits) -> Decision:
+    """A runner's outcome for a job (S7/S8/S9, ``spec/kernel.md`` §9.5, §11)."""
+    step = _step(rec, req.step_id)
+    if step.job_id != req.job_id and step.active:
+        raise KernelError("CONFLICT", f"stale job {req.job_id} for step {step.id}", {"job_id": req.job_id})
+    if not step.active:
+        if step.job_id == req.job_id and (step.status is StepStatus.SUCCEEDED) == req.success:
+            return Decision([], api.Ok())
+        raise KernelError("CONFLICT", f"step already resolved: step {step.id} is {step.status.value}",
+                          {"step_id": step.id, "status": step.status.value})
+    if rec.terminal:
+        raise _terminal_error(rec)
+    b = _builder(rec, now)
+    if req.success:
+        b.add(ev.StepCompleted, ev.StepCompletedPayload(result=req.data), step.id)
+        return Decision(b.events, api.Ok())
+    error = req.error or "tool failed"
+    if req.retryable and step.attempt < step.max_attempts:
+        b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=True), step.id)
+        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=step.attempt + 1), step.id)
+        deadline = now + limits.step_timeout
+        job = Job(id=new_id(), execution_id=rec.id, step_id=step.id, tool_id=step.tool_id,
+                  attempt=step.attempt + 1, deadline=deadline, runner_id=req.runner_id, arguments=step.arguments)
+        b.add(ev.StepDispatched, ev.StepDispatchedPayload(runner_id=req.runner_id, job_id=job.id,
+                                                          deadline=deadline), step.id)
+        return Decision(b.events, api.Ok(), jobs=[job])
+    b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=False), step.id)
+    return Decision(b.events, api.Ok())

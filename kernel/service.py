@@ -1,0 +1,504 @@
+"""The kernel actor: serves ``<prefix>.api.>`` in queue group ``kernel`` (DESIGN §3.1).
+
+Every mutation of an execution is a transaction (``_transact``): decide on the
+current record (``kernel.machine``), append the transition's events as one
+batch guarded by the log's last stream sequence, fold them into the record
+(``kernel.state``), compare-and-set the record, then publish the jobs and
+notices the transition produced. A failed guard means another replica moved
+the log: the record is repaired from the stream and the decision is made
+again. No input can crash the replica: every failure becomes an ``Error`` reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import api, codec
+from schemas.events import EventBatch
+from schemas.ids import InvalidIdError, new_id, validate_tool_id
+from schemas.records import ExecutionRecord, ExecutionStatus, RunnerRecord, ToolEntry
+from schemas.subjects import HEADER_TYPE, KERNEL_QUEUE, Names
+
+from . import machine
+from .config import KernelConfig
+from .errors import KernelError
+from .policy import Policy
+from .state import FoldError, apply_batch
+from .store import SequenceConflict, Store
+
+__all__ = ["Kernel"]
+
+log = structlog.get_logger("rebuno.kernel")
+
+_ERROR_HEADERS = {HEADER_TYPE: "Error", "Rebuno-Schema": str(codec.SCHEMA_VERSION)}
+_CACHE_SIZE = 10_000
+_MAX_TRANSACT_ATTEMPTS = 10
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _encode_cursor(rec_created: datetime, rec_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{rec_created.isoformat()}|{rec_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        ts, _, rid = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(ts), rid
+    except Exception as exc:  # noqa: BLE001
+        raise KernelError("VALIDATION_ERROR", f"invalid cursor {cursor[:64]!r}") from exc
+
+
+class Kernel:
+    """One kernel replica.
+
+    Args:
+        nc: a connected NATS client (the replica does not own it).
+        names: broker names for the deployment prefix.
+        policy: the policy engine in force.
+        config: timeouts and resource settings.
+    """
+
+    def __init__(self, nc: NATS, names: Names, policy: Policy, config: KernelConfig | None = None) -> None:
+        self.nc = nc
+        self.names = names
+        self.policy = policy
+        self.config = config or KernelConfig()
+        self.kernel_id = self.config.kernel_id or f"kernel-{new_id()[-12:]}"
+        self.limits = machine.Limits(step_timeout=self.config.step_timeout)
+        self.store = Store(nc, names, self.config)
+        self.started_at = _now()
+        self._cache: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tools: dict[str, ToolEntry] = {}
+        self._rr = itertools.count()
+        self._sub = None
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(self.config.request_concurrency)
+        self._watcher_task: asyncio.Task | None = None
+        self.log = log.bind(kernel_id=self.kernel_id)
+        self._handlers: dict[str, Callable[[Any], Awaitable[tuple[Any, bool]]]] = {
+            "executions.create": self._create, "executions.get": self._get, "executions.list": self._list,
+            "executions.cancel": self._cancel, "executions.signal": self._signal,
+            "executions.events": self._events, "tools.list": self._tools_list, "agent.claim": self._claim,
+            "agent.intent": self._intent, "agent.step_result": self._step_result,
+            "runner.register": self._register, "runner.started": self._runner_started,
+            "runner.result": self._runner_result, "health": self._health,
+        }
+
+    # ------------------------------------------------------------ lifecycle --
+    async def start(self) -> None:
+        """Create streams and buckets (idempotent), load the tool directory, start serving."""
+        await self.store.start()
+        self._watcher_task = asyncio.create_task(self._watch_tools(), name="rebuno-kernel-tools-watch")
+        self._sub = await self.nc.subscribe(self.names.api_wildcard, queue=KERNEL_QUEUE, cb=self._on_msg,
+                                            pending_msgs_limit=65536)
+        self.log.info("kernel replica serving", subject=self.names.api_wildcard, queue=KERNEL_QUEUE,
+                      policy=self.policy.describe())
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish the ones in flight (up to 10 s), stop background work."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+        if self._watcher_task is not None:
+            self._watcher_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watcher_task
+        self.log.info("kernel replica stopped")
+
+    async def _watch_tools(self) -> None:
+        """Keep the in-memory tool directory in step with ``<prefix>-tools``."""
+        while True:
+            try:
+                watcher = await self.store.kv["tools"].watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                        self._tools.pop(entry.key, None)
+                    else:
+                        with contextlib.suppress(msgspec.DecodeError):
+                            self._tools[entry.key] = codec.TOOL_DECODER.decode(entry.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("tool directory watch failed; restarting", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------- dispatch --
+    async def _on_msg(self, msg: Msg) -> None:
+        if not msg.reply:
+            return  # a publish, not a request: nobody to answer
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _serve(self, msg: Msg) -> None:
+        op = self.names.api_operation(msg.subject)
+        try:
+            if op is None:
+                raise KernelError("NOT_FOUND", f"unknown API subject {msg.subject}")
+            try:
+                req = codec.REQUEST_DECODERS[op].decode(msg.data)
+            except msgspec.ValidationError as exc:
+                raise KernelError("VALIDATION_ERROR", f"invalid {op} request: {exc}") from exc
+            except msgspec.DecodeError as exc:
+                raise KernelError("VALIDATION_ERROR", f"malformed {op} request: {exc}") from exc
+            reply, _ = await self._handlers[op](req)
+            data, headers = codec.encode(reply), codec.type_headers(reply)
+        except KernelError as err:
+            data, headers = self._error(err), _ERROR_HEADERS
+        except (InvalidIdError, msgspec.ValidationError) as exc:
+            data, headers = self._error(KernelError("VALIDATION_ERROR", str(exc))), _ERROR_HEADERS
+        except FoldError as exc:
+            self.log.error("execution log is tainted", op=op, error=str(exc))
+            data, headers = self._error(KernelError("CONFLICT", f"execution is tainted: {exc}")), _ERROR_HEADERS
+        except Exception as exc:  # noqa: BLE001 - invariant 6: never crash on input
+            self.log.exception("request failed", op=op, error=repr(exc))
+            data, headers = self._error(KernelError("INTERNAL_ERROR", "internal error")), _ERROR_HEADERS
+        try:
+            await self.nc.publish(msg.reply, data, headers=headers)
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("could not send reply", op=op, error=repr(exc))
+
+    @staticmethod
+    def _error(err: KernelError) -> bytes:
+        return codec.encode(api.Error(code=err.code, message=err.message, details=err.details))  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------- transactions --
+    @contextlib.asynccontextmanager
+    async def _locked(self, execution_id: str):
+        """Serialize this replica's transactions on one execution (never across executions)."""
+        lock, users = self._locks.get(execution_id) or (asyncio.Lock(), 0)
+        self._locks[execution_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[execution_id]
+            if users <= 1:
+                del self._locks[execution_id]
+            else:
+                self._locks[execution_id] = (lock, users - 1)
+
+    def _remember(self, execution_id: str, data: bytes, revision: int) -> None:
+        self._cache[execution_id] = (data, revision)
+        self._cache.move_to_end(execution_id)
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def _load(self, execution_id: str, *, fresh: bool = False) -> tuple[ExecutionRecord, int]:
+        """The record and its bucket revision: from cache, else the bucket, repaired from the
+        stream when the bucket has none (a create whose record write was lost).
+
+        Raises:
+            KernelError: NOT_FOUND when neither the bucket nor the stream knows the id.
+        """
+        cached = None if fresh else self._cache.get(execution_id)
+        if cached is None:
+            stored = await self.store.get_record(execution_id)
+            if stored is None:
+                return await self._repair(execution_id)
+            cached = stored
+            self._remember(execution_id, *stored)
+        data, revision = cached
+        return codec.RECORD_DECODER.decode(data), revision
+
+    async def _repair(self, execution_id: str) -> tuple[ExecutionRecord, int]:
+        """Bring the record up to the stream (DESIGN §3.4: the stream wins) and store it."""
+        stored = await self.store.get_record(execution_id)
+        rec = codec.RECORD_DECODER.decode(stored[0]) if stored else None
+        revision = stored[1] if stored else 0
+        changed = False
+        async for seq, batch in self.store.batches(execution_id, rec.stream_seq if rec else 0):
+            rec = apply_batch(rec, batch, seq)
+            changed = True
+        if rec is None:
+            raise KernelError("NOT_FOUND", f"not found: execution {execution_id}", {"execution_id": execution_id})
+        data = codec.encode(rec)
+        if changed:
+            revision = await self._save(execution_id, rec, data, revision)
+        else:
+            self._remember(execution_id, data, revision)
+        return rec, revision
+
+    async def _save(self, execution_id: str, rec: ExecutionRecord, data: bytes, revision: int) -> int:
+        """CAS the record; when another replica wrote meanwhile keep whichever is further along."""
+        for _ in range(_MAX_TRANSACT_ATTEMPTS):
+            try:
+                revision = await self.store.put_record(execution_id, data, revision)
+                self._remember(execution_id, data, revision)
+                return revision
+            except nats.js.errors.KeyWrongLastSequenceError:
+                stored = await self.store.get_record(execution_id)
+                if stored is None:
+                    revision = 0
+                    continue
+                other = codec.RECORD_DECODER.decode(stored[0])
+                if other.stream_seq >= rec.stream_seq:
+                    self._remember(execution_id, *stored)
+                    return stored[1]
+                revision = stored[1]
+        raise KernelError("SERVICE_UNAVAILABLE", f"could not store record of execution {execution_id}")
+
+    def _check_size(self, what: str, data: bytes) -> None:
+        limit = self.nc.max_payload
+        if len(data) > limit:
+            raise KernelError("VALIDATION_ERROR", f"{what} would be {len(data)} bytes, over the broker's max payload "
+                              f"of {limit} bytes", {"size_bytes": len(data), "limit_bytes": limit})
+
+    async def _transact(self, execution_id: str, decide: Callable[[ExecutionRecord], machine.Decision],
+                        request_key: str = "") -> tuple[ExecutionRecord, machine.Decision]:
+        """Decide, append, fold, store, publish — retried on a lost append race.
+
+        Returns:
+            the record after the transition, and the decision.
+
+        Raises:
+            KernelError: from the decision, or NOT_FOUND / VALIDATION_ERROR / SERVICE_UNAVAILABLE.
+        """
+        async with self._locked(execution_id):
+            fresh = False
+            for _ in range(_MAX_TRANSACT_ATTEMPTS):
+                rec, revision = await self._load(execution_id, fresh=fresh)
+                try:
+                    decision = decide(rec)
+                except KernelError:
+                    if fresh:
+                        raise
+                    fresh = True  # never refuse on a cached record: another replica may have moved it
+                    continue
+                if not decision.events:
+                    if not fresh:
+                        fresh = True
+                        continue
+                    return rec, decision
+                batch = EventBatch(execution_id=execution_id, events=decision.events, request_key=request_key)
+                data = codec.encode(batch)
+                self._check_size("the event batch", data)
+                try:
+                    seq = await self.store.append(execution_id, data, rec.stream_seq)
+                except SequenceConflict:
+                    await self._repair(execution_id)
+                    fresh = False  # _repair refreshed the cache
+                    continue
+                apply_batch(rec, batch, seq)
+                rec_data = codec.encode(rec)
+                await asyncio.gather(self._save(execution_id, rec, rec_data, revision),
+                                     self.store.publish_all(decision.notices, decision.jobs))
+                return rec, decision
+        raise KernelError("SERVICE_UNAVAILABLE", f"execution {execution_id} is too contended; retry")
+
+    # -------------------------------------------------------------- handlers --
+    async def _create(self, req: api.CreateExecution) -> tuple[Any, bool]:
+        execution_id = req.execution_id or new_id()
+        now = _now()
+        decision = machine.create(execution_id, req, now)
+        batch = EventBatch(execution_id=execution_id, events=decision.events, request_key=execution_id)
+        data = codec.encode(batch)
+        self._check_size("the execution input", data)
+        async with self._locked(execution_id):
+            try:
+                seq = await self.store.append(execution_id, data, 0)
+            except SequenceConflict:
+                rec, _ = await self._repair(execution_id)
+                if rec.agent_id != req.agent_id or rec.input != req.input or (rec.labels or None) != (req.labels or None):
+                    raise KernelError("CONFLICT", f"execution {execution_id} already exists with other content") from None
+                if rec.status is ExecutionStatus.PENDING:  # the first create may have died before enqueueing
+                    await self.store.publish_all(decision.notices[:1], [], notice_msg_id=execution_id)
+                return rec.view(), False
+            rec = apply_batch(None, batch, seq)
+            rec_data = codec.encode(rec)
+            await asyncio.gather(self._save(execution_id, rec, rec_data, 0),
+                                 self.store.publish_all(decision.notices, [], notice_msg_id=execution_id))
+        log.info("execution created", execution_id=execution_id, agent_id=req.agent_id)
+        return rec.view(), True
+
+    async def _get(self, req: api.GetExecution) -> tuple[Any, bool]:
+        rec, _ = await self._load(req.execution_id, fresh=True)
+        return rec.view(), False
+
+    async def _list(self, req: api.ListExecutions) -> tuple[Any, bool]:
+        limit = 50 if req.limit == 0 else min(req.limit, 200)
+        rows = [r for r in await self.store.all_records()
+                if (not req.status or r.status.value == req.status)
+                and (not req.agent_id or r.agent_id == req.agent_id)
+                and all((r.labels or {}).get(k) == v for k, v in req.labels.items())]
+        rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        if req.cursor:
+            after = _decode_cursor(req.cursor)
+            rows = [r for r in rows if (r.created_at, r.id) < after]
+        page = rows[:limit]
+        cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else ""
+        return api.ListExecutionsReply(executions=[r.summary() for r in page], next_cursor=cursor), False
+
+    async def _events(self, req: api.ListEvents) -> tuple[Any, bool]:
+        limit = 100 if req.limit == 0 else min(req.limit, 1000)
+        out = []
+        async for _, batch in self.store.batches(req.execution_id):
+            for event in batch.events:
+                if event.sequence > req.after_sequence:
+                    out.append(event)
+            if len(out) >= limit:
+                break
+        out = out[:limit]
+        return api.EventsReply(events=out, latest_sequence=out[-1].sequence if out else 0), False
+
+    async def _cancel(self, req: api.CancelExecution) -> tuple[Any, bool]:
+        rec, decision = await self._transact(req.execution_id, lambda r: machine.cancel(r, req, _now()),
+                                             req.request_id)
+        if decision.events:
+            log.info("execution cancelled", execution_id=rec.id)
+        return rec.view(), bool(decision.events)
+
+    async def _signal(self, req: api.SignalExecution) -> tuple[Any, bool]:
+        _, decision = await self._transact(req.execution_id, lambda r: machine.signal(r, req, _now()), req.request_id)
+        return decision.reply, True
+
+    async def _claim(self, req: api.Claim) -> tuple[Any, bool]:
+        rec, decision = await self._transact(req.execution_id, lambda r: machine.claim(r, req, _now()))
+        if decision.events:
+            log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
+                     session_id=rec.session.id if rec.session else "", delivery=req.delivery)
+        history = machine.history_for_claim(rec, lambda e: len(codec.encode(e)))
+        return machine._claim_reply(rec, history), True
+
+    async def _runner_ids(self, tool_id: str) -> list[str]:
+        entry = self._tools.get(tool_id)
+        if entry is None:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
+                raw = await self.store.kv["tools"].get(tool_id)
+                entry = codec.TOOL_DECODER.decode(raw.value)
+                self._tools[tool_id] = entry
+        return entry.runner_ids if entry else []
+
+    async def _intent(self, req: api.IntentRequest) -> tuple[Any, bool]:
+        candidates: list[str] = []
+        if isinstance(req.intent, api.InvokeTool) and req.intent.remote:
+            candidates = await self._runner_ids(req.intent.tool_id)
+
+        def pick(_tool_id: str) -> str | None:
+            return candidates[next(self._rr) % len(candidates)] if candidates else None
+
+        rec, decision = await self._transact(
+            req.execution_id,
+            lambda r: machine.intent(r, req, _now(), policy=self.policy, limits=self.limits, pick_runner=pick),
+            req.request_id)
+        if decision.error is not None:
+            log.info("intent denied", execution_id=rec.id, error=decision.error.message)
+            raise decision.error
+        return decision.reply, bool(decision.events)
+
+    async def _step_result(self, req: api.StepResult) -> tuple[Any, bool]:
+        _, decision = await self._transact(req.execution_id, lambda r: machine.step_result(r, req, _now()))
+        return decision.reply, True
+
+    async def _runner_started(self, req: api.RunnerStarted) -> tuple[Any, bool]:
+        _, decision = await self._transact(req.execution_id, lambda r: machine.runner_started(r, req, _now()))
+        return decision.reply, True
+
+    async def _runner_result(self, req: api.RunnerResult) -> tuple[Any, bool]:
+        _, decision = await self._transact(
+            req.execution_id, lambda r: machine.runner_result(r, req, _now(), limits=self.limits))
+        return decision.reply, True
+
+    async def _register(self, req: api.RunnerRegister) -> tuple[Any, bool]:
+        """Publish a runner instance's tools: add the runner to each tool's entry, drop it from
+        tools it no longer advertises, and record the instance in ``<prefix>-runners``."""
+        now = _now()
+        tools_kv, runners_kv = self.store.kv["tools"], self.store.kv["runners"]
+        ids = [t.id for t in req.tools]
+        for t in req.tools:
+            validate_tool_id(t.id)
+        if len(set(ids)) != len(ids):
+            raise KernelError("VALIDATION_ERROR", "duplicate tool ids in registration")
+        previous: RunnerRecord | None = None
+        prev_rev = 0
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            raw = await runners_kv.get(req.runner_id)
+            previous, prev_rev = codec.RUNNER_DECODER.decode(raw.value), raw.revision
+
+        async def upsert(tool_id: str, schema: api.ToolSchema | None) -> None:
+            for _ in range(_MAX_TRANSACT_ATTEMPTS):
+                try:
+                    raw = await tools_kv.get(tool_id)
+                    cur, rev = codec.TOOL_DECODER.decode(raw.value), raw.revision
+                except nats.js.errors.KeyNotFoundError:
+                    cur, rev = None, 0
+                runners = set(cur.runner_ids) if cur else set()
+                if schema is None:
+                    if cur is None or req.runner_id not in runners:
+                        return
+                    runners.discard(req.runner_id)
+                    entry = msgspec.structs.replace(cur, runner_ids=sorted(runners))
+                else:
+                    runners.add(req.runner_id)
+                    entry = ToolEntry(id=tool_id, description=schema.description, input_schema=schema.input_schema,
+                                      runner_ids=sorted(runners), registered_at=now)
+                try:
+                    if rev:
+                        await tools_kv.update(tool_id, codec.encode(entry), last=rev)
+                    else:
+                        await tools_kv.create(tool_id, codec.encode(entry))
+                    self._tools[tool_id] = entry
+                    return
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+            raise KernelError("SERVICE_UNAVAILABLE", f"tool directory entry {tool_id} is too contended; retry")
+
+        dropped = set(previous.capabilities) - set(ids) if previous else set()
+        await asyncio.gather(*(upsert(t.id, t) for t in req.tools), *(upsert(t, None) for t in dropped))
+        instances = dict(previous.instances) if previous else {}
+        instances[req.consumer_id] = now
+        record = RunnerRecord(id=req.runner_id, capabilities=ids, instances=instances, last_heartbeat=now)
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            if prev_rev:
+                await runners_kv.update(req.runner_id, codec.encode(record), last=prev_rev)
+            else:
+                await runners_kv.create(req.runner_id, codec.encode(record))
+        log.info("runner registered", runner_id=req.runner_id, consumer_id=req.consumer_id, tools=len(ids))
+        return api.Ok(), True
+
+    async def _tools_list(self, req: api.ListTools) -> tuple[Any, bool]:
+        p = req.prefix
+        entries = list(self._tools.values())
+        if not entries:
+            with contextlib.suppress(nats.js.errors.NoKeysError):
+                for key in await self.store.kv["tools"].keys():
+                    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                        entries.append(codec.TOOL_DECODER.decode((await self.store.kv["tools"].get(key)).value))
+        tools = sorted((e for e in entries if e.runner_ids and (
+            not p or e.id == p or e.id.startswith(p + ".") or e.id.startswith(p + "_"))), key=lambda e: e.id)
+        return api.ToolsReply(tools=tools), False
+
+    async def _health(self, req: api.Health) -> tuple[Any, bool]:
+        try:
+            await asyncio.wait_for(self.store.js.account_info(), 2.0)
+            js_ok = True
+        except Exception:  # noqa: BLE001
+            js_ok = False
+        return api.HealthReply(status="ok" if js_ok else "degraded", kernel_id=self.kernel_id, jetstream=js_ok,
+                               started_at=self.started_at), False
