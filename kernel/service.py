@@ -334,11 +334,14 @@ class Kernel:
             rec_data = codec.encode(rec)
             await asyncio.gather(self._save(execution_id, rec, rec_data, 0),
                                  self.store.publish_all(decision.notices, [], notice_msg_id=execution_id))
-        log.info("execution created", execution_id=execution_id, agent_id=req.agent_id)
+        self.log.info("execution created", execution_id=execution_id, agent_id=req.agent_id)
         return rec.view(), True
 
     async def _get(self, req: api.GetExecution) -> tuple[Any, bool]:
+        """The record, brought up to the stream: a reader who saw an event must see its effect."""
         rec, _ = await self._load(req.execution_id, fresh=True)
+        async for seq, batch in self.store.batches(req.execution_id, rec.stream_seq):
+            apply_batch(rec, batch, seq)
         return rec.view(), False
 
     async def _list(self, req: api.ListExecutions) -> tuple[Any, bool]:
@@ -371,7 +374,7 @@ class Kernel:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.cancel(r, req, _now()),
                                              req.request_id)
         if decision.events:
-            log.info("execution cancelled", execution_id=rec.id)
+            self.log.info("execution cancelled", execution_id=rec.id)
         return rec.view(), bool(decision.events)
 
     async def _signal(self, req: api.SignalExecution) -> tuple[Any, bool]:
@@ -381,7 +384,7 @@ class Kernel:
     async def _claim(self, req: api.Claim) -> tuple[Any, bool]:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.claim(r, req, _now()))
         if decision.events:
-            log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
+            self.log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
                      session_id=rec.session.id if rec.session else "", delivery=req.delivery)
         history = machine.history_for_claim(rec, lambda e: len(codec.encode(e)))
         return machine._claim_reply(rec, history), True
@@ -408,7 +411,7 @@ class Kernel:
             lambda r: machine.intent(r, req, _now(), policy=self.policy, limits=self.limits, pick_runner=pick),
             req.request_id)
         if decision.error is not None:
-            log.info("intent denied", execution_id=rec.id, error=decision.error.message)
+            self.log.info("intent denied", execution_id=rec.id, error=decision.error.message)
             raise decision.error
         return decision.reply, bool(decision.events)
 
@@ -417,8 +420,8 @@ class Kernel:
         return decision.reply, True
 
     async def _runner_started(self, req: api.RunnerStarted) -> tuple[Any, bool]:
-        _, decision = await self._transact(req.execution_id, lambda r: machine.runner_started(r, req, _now()))
-        return decision.reply, True
+        rec, decision = await self._transact(req.execution_id, lambda r: machine.runner_started(r, req, _now()))
+        return msgspec.structs.replace(decision.reply, last_sequence=rec.last_sequence), True
 
     async def _runner_result(self, req: api.RunnerResult) -> tuple[Any, bool]:
         _, decision = await self._transact(
@@ -479,7 +482,7 @@ class Kernel:
                 await runners_kv.update(req.runner_id, codec.encode(record), last=prev_rev)
             else:
                 await runners_kv.create(req.runner_id, codec.encode(record))
-        log.info("runner registered", runner_id=req.runner_id, consumer_id=req.consumer_id, tools=len(ids))
+        self.log.info("runner registered", runner_id=req.runner_id, consumer_id=req.consumer_id, tools=len(ids))
         return api.Ok(), True
 
     async def _tools_list(self, req: api.ListTools) -> tuple[Any, bool]:

@@ -253,6 +253,7 @@ class StartedReply(msgspec.Struct, **_A):
     proceed: bool
     attempt: int = 1
     reason: str = ""
+    last_sequence: int = 0
 
 
 class RunnerResult(msgspec.Struct, **_Q):

@@ -1,0 +1,193 @@
+"""``rebuno demo``: the whole system on one machine, doing real work on a real directory.
+
+Starts the embedded broker and a kernel (with the demo policy), a filesystem
+runner as a separate process (``runners.fs``), and an agent that inspects the
+directory: a remote tool on the runner walks and reads files, local tools in
+the agent summarise them, and one call the policy denies shows the agent
+handling a denial. Prints the report and the execution's full event trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import remote
+from ._execution import execution
+from ._logging import configure_logging
+from ._server import EmbeddedServer
+from ._tools import tool
+from .agent import Agent
+from .client import Client
+from .errors import PolicyError
+
+DEMO_POLICY = """\
+# Policy of `rebuno demo`: the inspector may read files through the fs runner and run
+# its own analysis tools; shell access is denied; everything else falls to the default.
+rules:
+  - id: no-shell
+    priority: 5
+    when: {tool_id: "shell.*"}
+    then: {decision: deny, reason: "shell access is not allowed for inspector agents"}
+  - id: fs-read-only
+    priority: 10
+    when: {tool_ids: ["fs.walk", "fs.read_file", "fs.stat"], agent_id: inspector}
+    then: {decision: allow, reason: "read-only filesystem access", timeout_ms: 30000}
+  - id: local-analysis
+    priority: 20
+    when: {tool_id: "analyze.*"}
+    then: {decision: allow, reason: "pure computation in the agent"}
+default:
+  decision: deny
+  reason: "not covered by the demo policy"
+"""
+
+fs = remote.Tools("fs")
+_DOC_NAMES = ("README.md", "README.rst", "README.txt", "README")
+
+
+@tool("analyze.summarize")
+def summarize(files: list[dict]) -> dict:
+    """Totals per file extension and the largest files, from a list of {path, size_bytes}."""
+    by_ext: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"files": 0, "bytes": 0})
+    for f in files:
+        ext = Path(f["path"]).suffix.lower() or "(none)"
+        by_ext[ext]["files"] += 1
+        by_ext[ext]["bytes"] += int(f["size_bytes"])
+    top = sorted(by_ext.items(), key=lambda kv: (-kv[1]["files"], kv[0]))[:8]
+    largest = sorted(files, key=lambda f: -int(f["size_bytes"]))[:5]
+    return {"files": len(files), "bytes": sum(int(f["size_bytes"]) for f in files),
+            "by_extension": dict(top), "largest": largest}
+
+
+@tool("analyze.text_stats")
+def text_stats(text: str) -> dict:
+    """Lines, words and the first heading of a text."""
+    lines = text.splitlines()
+    heading = next((ln.lstrip("# ").strip() for ln in lines if ln.strip()), "")
+    return {"lines": len(lines), "words": len(text.split()), "first_line": heading[:120]}
+
+
+async def inspect_directory(max_entries: int = 5000) -> dict:
+    """The demo agent's handler: inspect the runner's directory through the kernel."""
+    listing = await fs["fs.walk"](max_entries=max_entries)
+    summary = await summarize(files=listing["files"])
+    paths = {f["path"] for f in listing["files"]}
+    doc_path = next((n for n in _DOC_NAMES if n in paths), None)
+    if doc_path is None and summary["largest"]:
+        doc_path = summary["largest"][-1]["path"]
+    doc = None
+    if doc_path:
+        read = await fs["fs.read_file"](path=doc_path, max_bytes=200_000)
+        doc = {"path": doc_path, **await text_stats(text=read["text"])}
+    try:
+        await execution.invoke_tool("shell.exec", {"command": "rm -rf ."})
+        denied = None
+    except PolicyError as exc:
+        denied = {"tool_id": "shell.exec", "rule_id": exc.rule_id, "error": exc.message}
+    return {"root": listing["root"], "truncated": listing["truncated"], "summary": summary, "document": doc,
+            "denied_call": denied}
+
+
+def _short(value: Any, width: int = 90) -> str:
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_event(e) -> None:
+    step = f" step=…{e.step_id[-8:]}" if e.step_id else ""
+    payload = {k: v for k, v in __import__("msgspec").to_builtins(e.payload).items()
+               if k not in ("deadline", "session_id", "consumer_id", "job_id")}
+    print(f"  [{e.sequence:>2}] {e.timestamp:%H:%M:%S.%f}"[:-3] + f"  {e.type:<22}{step:<15} {_short(payload)}",
+          flush=True)
+
+
+def _print_report(out: dict) -> None:
+    s = out["summary"]
+    print(f"\nInspected {out['root']}: {s['files']} files, {s['bytes']:,} bytes"
+          + (" (listing truncated)" if out["truncated"] else ""))
+    print("  by extension: " + ", ".join(f"{ext} {v['files']} ({v['bytes']:,} B)" for ext, v in s["by_extension"].items()))
+    print("  largest:      " + ", ".join(f"{f['path']} ({f['size_bytes']:,} B)" for f in s["largest"][:3]))
+    if out["document"]:
+        d = out["document"]
+        print(f"  {d['path']}: {d['lines']} lines, {d['words']} words — “{d['first_line']}”")
+    if out["denied_call"]:
+        d = out["denied_call"]
+        print(f"  denied as expected: {d['tool_id']} → {d['error']}")
+
+
+async def run_demo(path: str, keep_logs: bool = False) -> int:
+    """Run the demo end to end; returns the process exit code (0 on a completed execution)."""
+    configure_logging("debug" if keep_logs else "warning", "text")
+    root = Path(path).resolve()
+    if not root.is_dir():
+        print(f"rebuno demo: {root} is not a directory", file=sys.stderr)
+        return 2
+    import nats
+
+    from kernel import Kernel
+    from kernel.policy import parse_policy
+    from schemas import Names
+    import yaml
+
+    print(f"Starting an embedded NATS server with JetStream, a kernel, a filesystem runner and an agent…")
+    server = EmbeddedServer().start()
+    runner_proc = None
+    nc = None
+    kernel = None
+    try:
+        nc = await nats.connect(server.url, name="rebuno-demo-kernel")
+        kernel = Kernel(nc, Names(), parse_policy(yaml.safe_load(DEMO_POLICY), "demo-policy.yaml"))
+        await kernel.start()
+        env = {**os.environ, "REBUNO_URL": server.url, "REBUNO_LOG_LEVEL": os.environ.get("REBUNO_LOG_LEVEL", "warning"),
+               "REBUNO_LOG_FORMAT": "text"}
+        runner_proc = subprocess.Popen([sys.executable, "-m", "runners.fs", "--root", str(root), "--runner-id", "fs"],
+                                       env=env)
+        async with Client(server.url) as client:
+            deadline = time.monotonic() + 30
+            while len(await client.list_tools("fs")) < 3:
+                if runner_proc.poll() is not None or time.monotonic() > deadline:
+                    print("rebuno demo: the filesystem runner did not come up", file=sys.stderr)
+                    return 1
+                await asyncio.sleep(0.1)
+            print(f"  broker  {server.url}\n  runner  fs (pid {runner_proc.pid}) serving "
+                  f"{', '.join(t.id for t in await client.list_tools('fs'))} for {root}")
+            agent = Agent("inspector", kernel_url=server.url)
+            agent_task = asyncio.create_task(agent.run_async(inspect_directory))
+            await asyncio.wait_for(agent.ready.wait(), 30)
+            print("  agent   inspector (local tools: analyze.summarize, analyze.text_stats)\n")
+            print("Event trail of the execution:")
+            started = time.perf_counter()
+            final = await client.run_until_complete("inspector", {"max_entries": 5000}, labels={"demo": "true"},
+                                                    on_event=_print_event)
+            elapsed = time.perf_counter() - started
+            agent.stop()
+            await agent_task
+        print(f"\nExecution {final.id} {final.status.value} in {elapsed * 1000:.0f} ms")
+        if final.status.value != "completed":
+            print(f"  error: {final.error}", file=sys.stderr)
+            return 1
+        _print_report(final.output)
+        return 0
+    finally:
+        if runner_proc is not None and runner_proc.poll() is None:
+            runner_proc.terminate()
+            try:
+                runner_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                runner_proc.kill()
+        if kernel is not None:
+            await kernel.stop()
+        if nc is not None:
+            await nc.close()
+        server.stop()
+        structlog.get_logger("rebuno.demo").debug("demo stopped")

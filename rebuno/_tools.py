@@ -1,0 +1,207 @@
+"""``@tool``: the global tool registry, call wrappers and input schemas (``spec/sdk.md`` §7, §10).
+
+A ``@tool`` function called inside an agent's handler submits an intent to the
+kernel first and runs its body only if policy allows (local tools), or waits
+for a runner (``remote=True`` stubs). A runner runs the registered bodies
+directly. Wrappers keep ``__name__``, ``__doc__`` and a synthesized
+``inspect.Signature`` so frameworks that introspect callables work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar, overload
+
+import msgspec
+import pydantic
+
+from schemas.ids import validate_tool_id
+from schemas.records import ToolSchema
+
+from ._execution import current_state
+
+__all__ = ["jsonable", "tool", "ToolSpec", "registry", "get_tool", "input_schema", "make_remote_callable", "call_body"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A registered tool: its id, the original function, and whether its body lives on a runner."""
+
+    id: str
+    fn: Callable[..., Any]
+    remote: bool
+    description: str
+    schema: dict[str, Any]
+
+    def tool_schema(self) -> ToolSchema:
+        return ToolSchema(id=self.id, description=self.description, input_schema=self.schema)
+
+
+_REGISTRY: dict[str, ToolSpec] = {}
+
+
+def registry() -> dict[str, ToolSpec]:
+    """Every ``@tool`` of the process by tool id (a copy)."""
+    return dict(_REGISTRY)
+
+
+def get_tool(tool_id: str) -> ToolSpec | None:
+    return _REGISTRY.get(tool_id)
+
+
+def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
+    """JSON Schema of a function's keyword arguments, derived with pydantic (``spec/sdk.md`` §10.1).
+
+    ``Annotated[X, Field(description=...)]`` becomes the property's ``description``;
+    parameters without a default are required; ``*args``/``**kwargs`` are ignored.
+    """
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "self":
+            continue
+        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
+    if not fields:
+        return {"type": "object", "properties": {}}
+    hints = {}
+    try:
+        hints = __import__("typing").get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - unresolvable forward references: keep raw annotations
+        pass
+    for name in fields:
+        if name in hints:
+            fields[name] = (hints[name], fields[name][1])
+    model_name = "".join(c if c.isalnum() else "_" for c in fn.__name__) + "Input"
+    model = pydantic.create_model(model_name, **fields)  # type: ignore[call-overload]
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+def jsonable(value: Any) -> Any:
+    """A tool or handler result as JSON data (pydantic models dumped, msgspec builtins).
+
+    Raises:
+        TypeError: the value cannot be represented as JSON.
+    """
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError as exc:
+        raise TypeError(f"result of type {type(value).__name__} is not JSON-serialisable") from exc
+
+
+async def call_body(fn: Callable[..., Any], arguments: Any) -> Any:
+    """Run a tool body with ``**arguments`` (dict arguments only); sync bodies run in a worker
+    thread (with the current execution context) so they never block the event loop."""
+    kwargs = arguments if isinstance(arguments, dict) else {}
+    if inspect.iscoroutinefunction(fn):
+        return await fn(**kwargs)
+    result = await asyncio.to_thread(fn, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _make_wrapper(spec: ToolSpec) -> Callable[..., Any]:
+    sig = inspect.signature(spec.fn)
+
+    @functools.wraps(spec.fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = current_state()
+        if state is None or state._backend is None:
+            raise RuntimeError(f"@tool {spec.id!r} called outside an active execution: call it from an agent "
+                               "handler running under agent.run()")
+        bound = sig.bind(*args, **kwargs)  # TypeError for bad arguments, before anything is sent
+        bound.apply_defaults()
+        return await state._backend.invoke_tool(spec.id, dict(bound.arguments),
+                                                local_fn=None if spec.remote else spec.fn,
+                                                force_remote=spec.remote)
+
+    wrapper.__signature__ = sig  # type: ignore[attr-defined]
+    wrapper.__rebuno_tool_id__ = spec.id  # type: ignore[attr-defined]
+    wrapper.__rebuno_remote__ = spec.remote  # type: ignore[attr-defined]
+    wrapper.__input_schema__ = spec.schema  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _register(fn: Callable[..., Any], tool_id: str | None, remote: bool) -> Callable[..., Any]:
+    tid = validate_tool_id(tool_id or fn.__name__)
+    existing = _REGISTRY.get(tid)
+    if existing is not None and (existing.fn.__module__, existing.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+        raise ValueError(f"tool id {tid!r} is already registered by {existing.fn.__module__}.{existing.fn.__qualname__}; "
+                         f"pick another id for {fn.__module__}.{fn.__qualname__}")
+    spec = ToolSpec(id=tid, fn=fn, remote=remote, description=inspect.getdoc(fn) or "", schema=input_schema(fn))
+    _REGISTRY[tid] = spec
+    return _make_wrapper(spec)
+
+
+@overload
+def tool(fn: F) -> F: ...
+@overload
+def tool(tool_id: str | None = None, *, remote: bool = False) -> Callable[[F], F]: ...
+
+
+def tool(fn_or_id: Any = None, *, remote: bool = False) -> Any:
+    """Register a function as a tool in the process-wide registry.
+
+    Forms: ``@tool``, ``@tool()``, ``@tool("custom.id")``, ``@tool(remote=True)``,
+    ``@tool("custom.id", remote=True)``. The id defaults to the function's name and may
+    contain dots (``compute.heavy``).
+
+    In an agent, calling the returned async wrapper submits an ``invoke_tool`` intent;
+    local tools then run the body and report its result, ``remote=True`` stubs wait for a
+    runner. A runner serves every registered tool it advertises.
+
+    Raises:
+        ValueError: the id is invalid or already taken by another function.
+    """
+    if callable(fn_or_id):
+        return _register(fn_or_id, None, remote)
+
+    def deco(fn: F) -> F:
+        return _register(fn, fn_or_id, remote)  # type: ignore[return-value]
+
+    return deco
+
+
+_JSON_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
+
+
+def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
+                         name: str | None = None) -> Callable[..., Any]:
+    """An async callable for a tool known only by its directory schema (``remote.Tools``):
+    keyword-only parameters from the schema's properties; calling it submits a remote intent."""
+    props = schema.get("properties") or {}
+    required = set(schema.get("required") or [])
+    params = []
+    for pname, prop in props.items():
+        if not pname.isidentifier():
+            continue
+        ann = _JSON_TYPES.get(prop.get("type") if isinstance(prop, dict) else None, Any)
+        default = inspect.Parameter.empty if pname in required else (prop.get("default") if isinstance(prop, dict) else None)
+        params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+    sig = inspect.Signature(sorted(params, key=lambda p: p.default is not inspect.Parameter.empty))
+
+    async def remote_tool(**kwargs: Any) -> Any:
+        state = current_state()
+        if state is None or state._backend is None:
+            raise RuntimeError(f"remote tool {tool_id!r} called outside an active execution")
+        bound = sig.bind(**kwargs)
+        arguments = {k: v for k, v in bound.arguments.items()}
+        return await state._backend.invoke_tool(tool_id, arguments, force_remote=True)
+
+    remote_tool.__name__ = name or "".join(c if c.isalnum() or c == "_" else "_" for c in tool_id)
+    remote_tool.__qualname__ = remote_tool.__name__
+    remote_tool.__doc__ = description
+    remote_tool.__signature__ = sig  # type: ignore[attr-defined]
+    remote_tool.__rebuno_tool_id__ = tool_id  # type: ignore[attr-defined]
+    remote_tool.__rebuno_remote__ = True  # type: ignore[attr-defined]
+    remote_tool.__input_schema__ = schema  # type: ignore[attr-defined]
+    return remote_tool

@@ -1,0 +1,142 @@
+"""What agents and runners share: a durable pull consumer on a work-queue stream, pulled
+only as far as free capacity allows, with leases kept alive by in-progress acks
+(DESIGN §3.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ._connection import backoff_delay
+
+__all__ = ["WorkLoop", "keep_lease", "install_signal_handlers", "DEFAULT_LEASE_S"]
+
+DEFAULT_LEASE_S = 30.0
+"""Ack wait of notices and jobs: an instance silent this long loses its work (seconds)."""
+
+
+async def keep_lease(msg: Msg, every: float) -> None:
+    """Send in-progress acks every ``every`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(every)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
+    """SIGINT/SIGTERM set ``stop``; returns a function that removes the handlers."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+
+    def remove() -> None:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    return remove
+
+
+class WorkLoop:
+    """Pull messages from one durable consumer and hand each to ``handle`` in its own task,
+    never holding more than ``max_concurrency`` at once.
+
+    Args:
+        nc: connection.
+        stream: the work-queue stream (``<PREFIX>_ASSIGN`` / ``<PREFIX>_JOBS``).
+        durable: the shared durable consumer name (``agent-<id>`` / ``runner-<id>``).
+        filter_subject: the instance's subject (``<prefix>.assign.<agent_id>``...).
+        handle: coroutine run for each message; it must ack/nak the message itself.
+        max_concurrency: messages handled at once by this instance.
+        lease: ack wait in seconds.
+    """
+
+    def __init__(self, nc: NATS, *, stream: str, durable: str, filter_subject: str,
+                 handle: Callable[[Msg], Awaitable[None]], max_concurrency: int, lease: float,
+                 reconnect_delay: float, max_reconnect_delay: float, log: structlog.BoundLogger) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.stream, self.durable, self.filter_subject = stream, durable, filter_subject
+        self.handle = handle
+        self.max_concurrency = max_concurrency
+        self.lease = lease
+        self.reconnect_delay, self.max_reconnect_delay = reconnect_delay, max_reconnect_delay
+        self.log = log
+        self.tasks: set[asyncio.Task] = set()
+
+    async def _bind(self, stop: asyncio.Event):
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self.js.add_consumer(self.stream, ConsumerConfig(
+                    durable_name=self.durable, filter_subject=self.filter_subject, ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL, ack_wait=self.lease, max_deliver=-1, max_ack_pending=-1,
+                    description="Rebuno shared work consumer"))
+                return await self.js.pull_subscribe_bind(self.durable, self.stream)
+            except Exception as exc:  # noqa: BLE001 - stream missing until a kernel starts, broker away...
+                failures += 1
+                delay = backoff_delay(self.reconnect_delay, failures, self.max_reconnect_delay)
+                self.log.warning("work queue not ready; is a kernel running?", stream=self.stream,
+                                 error=repr(exc), retry_in_s=round(delay, 2))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pull until ``stop`` is set. Fetch errors (broker away) back off and re-bind."""
+        psub = await self._bind(stop)
+        failures = 0
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while psub is not None and not stop.is_set():
+                if len(self.tasks) >= self.max_concurrency:
+                    await asyncio.wait({*self.tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await psub.fetch(1, timeout=1.0)
+                    failures = 0
+                except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.FetchTimeoutError):
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    failures += 1
+                    delay = backoff_delay(self.reconnect_delay, failures, self.max_reconnect_delay)
+                    self.log.warning("pull failed; retrying", error=repr(exc), retry_in_s=round(delay, 2))
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), delay)
+                    if isinstance(exc, nats.js.errors.NotFoundError):
+                        psub = await self._bind(stop)
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self.handle(msg))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+        finally:
+            stop_wait.cancel()
+            if psub is not None:
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
+
+    async def drain(self, grace: float) -> None:
+        """Give in-flight work ``grace`` seconds, then cancel it (its handlers nak for a quick handover)."""
+        if self.tasks:
+            done, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)

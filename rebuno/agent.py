@@ -1,0 +1,387 @@
+"""``Agent``: claims executions of one ``agent_id`` and runs the user's handler (DESIGN §4).
+
+Each instance pulls assignment notices from the shared durable consumer
+``agent-<agent_id>`` only as far as ``max_concurrency`` allows, claims each
+execution (``agent.claim``), keeps the notice's lease alive with in-progress
+acks while the handler runs, follows the execution's events (remote results,
+signals, cancellation), and acknowledges the notice when the execution is
+over. If the instance dies, the lease lapses, the broker redelivers the notice
+to another instance, and the kernel re-claims the execution under a new session
+(invariant 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import uuid
+from typing import Any, Callable
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import api, codec
+from schemas import events as ev
+from schemas.ids import validate_token_id
+from schemas.subjects import Names
+
+from . import remote as _remote
+from ._binding import InputBinder
+from ._config import Settings
+from ._connection import Requester, connect
+from ._execution import ExecutionState, reset_state, set_state
+from ._follow import follow_events
+from ._logging import configure_logging
+from ._tools import call_body, get_tool, jsonable as _jsonable
+from ._worker import DEFAULT_LEASE_S, WorkLoop, install_signal_handlers, keep_lease
+from .errors import (
+    ClientClosedError, ConflictError, NotFoundError, PolicyError, RebunoError, ToolError, UnauthorizedError,
+)
+
+__all__ = ["Agent"]
+
+_SIGNAL_RESUME = "signal received: "
+
+
+class _Run:
+    """One claimed execution inside an agent instance: the backend of ``execution.*``."""
+
+    def __init__(self, agent: "Agent", claim: api.ClaimReply, msg: Msg) -> None:
+        self.agent = agent
+        self.claim = claim
+        self.msg = msg
+        self.id = claim.execution_id
+        self.session_id = claim.session_id
+        self.req: Requester = agent._requester  # type: ignore[assignment]
+        self.log = agent.log.bind(execution_id=self.id, session_id=self.session_id)
+        self.outcomes: dict[str, ev.Event] = {}
+        self.step_waiters: dict[str, asyncio.Future] = {}
+        self.signal_payloads: dict[str, Any] = {}
+        self.signal_waiters: dict[str, asyncio.Future] = {}
+        self.resumed_signals: dict[str, list[Any]] = {}
+        self.calls: dict[str, int] = {}
+        self.task: asyncio.Task | None = None
+        self.end_reason = ""
+        self.state = ExecutionState(self.id, session_id=self.session_id, agent_id=claim.agent_id, input=claim.input,
+                                    labels=claim.labels, history=claim.history, backend=self)
+
+    # -- events from the execution's log -------------------------------------------------
+    def on_event(self, event: ev.Event) -> None:
+        match event:
+            case ev.StepCompleted() | ev.StepTimedOut() | ev.StepCancelled():
+                self._resolve_step(event)
+            case ev.StepFailed(payload=p) if not p.retryable:
+                self._resolve_step(event)
+            case ev.SignalReceived(payload=p):
+                self.signal_payloads[event.id] = p.payload
+            case ev.ExecutionResumed(payload=p) if p.reason.startswith(_SIGNAL_RESUME):
+                stype = p.reason[len(_SIGNAL_RESUME):]
+                payload = self.signal_payloads.get(event.causation_id)
+                fut = self.signal_waiters.pop(stype, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(payload)
+                else:
+                    self.resumed_signals.setdefault(stype, []).append(payload)
+            case ev.ExecutionCancelled() | ev.ExecutionFailed() | ev.ExecutionCompleted():
+                if self.task is not None and not self.task.done() and not self.end_reason:
+                    self.end_reason = event.type
+                    self.log.info("execution ended outside the handler; cancelling it", event_type=event.type)
+                    self.task.cancel()
+            case ev.ExecutionStarted(payload=p) if p.session_id != self.session_id:
+                if self.task is not None and not self.task.done():
+                    self.end_reason = "fenced"
+                    self.log.warning("session taken over by another instance; stopping", consumer=p.consumer_id)
+                    self.task.cancel()
+            case _:
+                pass
+
+    def _resolve_step(self, event: ev.Event) -> None:
+        self.outcomes[event.step_id] = event
+        fut = self.step_waiters.pop(event.step_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(event)
+
+    async def _await_step(self, step_id: str) -> ev.Event:
+        if step_id in self.outcomes:
+            return self.outcomes[step_id]
+        fut = self.step_waiters.setdefault(step_id, asyncio.get_running_loop().create_future())
+        return await fut
+
+    # -- execution.* backend ---------------------------------------------------------------
+    async def invoke_tool(self, tool_id: str, arguments: Any, *, idempotency_key: str = "",
+                          local_fn: Callable[..., Any] | None = None, force_remote: bool = False) -> Any:
+        if local_fn is None and not force_remote:
+            spec = get_tool(tool_id)
+            if spec is not None and not spec.remote:
+                local_fn = spec.fn
+        n = self.calls.get(tool_id, 0) + 1
+        self.calls[tool_id] = n
+        key = idempotency_key or f"{self.id}:{tool_id}:{n}"
+        remote = local_fn is None
+        arguments = _jsonable(arguments)
+        reply: api.IntentReply = await self.req.call("agent.intent", api.IntentRequest(
+            execution_id=self.id, session_id=self.session_id,
+            intent=api.InvokeTool(tool_id=tool_id, arguments=arguments, idempotency_key=key, remote=remote)))
+        step_id = reply.step_id
+        log = self.log.bind(tool_id=tool_id, step_id=step_id)
+        if reply.step_status == "succeeded":
+            log.debug("tool call answered from the log (durable resume)")
+            return reply.result
+        if reply.step_status in ("failed", "cancelled", "timed_out"):
+            raise ToolError(reply.error or f"tool {tool_id} {reply.step_status}", tool_id, step_id)
+        if not remote and reply.step_status == "pending":
+            try:
+                result = _jsonable(await call_body(local_fn, arguments))  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, then raised as ToolError
+                log.warning("local tool failed", error=str(exc))
+                await self.req.call("agent.step_result", api.StepResult(
+                    execution_id=self.id, session_id=self.session_id, step_id=step_id, success=False,
+                    error=str(exc)[:65536] or type(exc).__name__))
+                if isinstance(exc, ToolError):
+                    raise
+                raise ToolError(str(exc) or type(exc).__name__, tool_id, step_id) from exc
+            await self.req.call("agent.step_result", api.StepResult(
+                execution_id=self.id, session_id=self.session_id, step_id=step_id, success=True, data=result))
+            return result
+        outcome = await self._await_step(step_id)
+        match outcome:
+            case ev.StepCompleted(payload=p):
+                return p.result
+            case ev.StepFailed(payload=p):
+                raise ToolError(p.error or "tool execution failed", tool_id, step_id)
+            case ev.StepTimedOut():
+                raise ToolError(f"tool {tool_id} timed out (step {step_id})", tool_id, step_id)
+            case _:
+                raise ToolError(f"tool {tool_id} was cancelled (step {step_id})", tool_id, step_id)
+
+    async def wait_signal(self, signal_type: str, timeout: float | None = None) -> Any:
+        reply: api.IntentReply = await self.req.call("agent.intent", api.IntentRequest(
+            execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex,
+            intent=api.Wait(signal_type=signal_type)))
+        if reply.signal_received:
+            return reply.signal_payload
+        early = self.resumed_signals.get(signal_type)
+        if early:
+            return early.pop(0)
+        fut = self.signal_waiters.setdefault(signal_type, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise RebunoError(f"Timed out waiting for signal: {signal_type}") from None
+
+    async def complete(self, output: Any = None) -> None:
+        await self.req.call("agent.intent", api.IntentRequest(
+            execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex,
+            intent=api.Complete(output=_jsonable(output))))
+        self.end_reason = self.end_reason or "completed"
+
+    async def fail(self, error: str) -> None:
+        await self.req.call("agent.intent", api.IntentRequest(
+            execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex,
+            intent=api.Fail(error=(error or "failed")[:4096])))
+        self.end_reason = self.end_reason or "failed"
+
+    # -- the handler ---------------------------------------------------------------------------
+    async def run_handler(self, binder: InputBinder) -> None:
+        token = set_state(self.state)
+        try:
+            try:
+                args, kwargs = binder.bind(self.claim.input)
+            except ValueError as exc:
+                self.log.warning("input does not fit the handler", error=str(exc))
+                await self.fail(str(exc))
+                return
+            try:
+                result = binder.handler(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except asyncio.CancelledError:
+                raise
+            except (PolicyError, ToolError) as exc:
+                self.log.warning("handler failed", error=str(exc))
+                await self._finish_fail(str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001
+                self.log.exception("handler raised")
+                await self._finish_fail(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+                return
+            if self.end_reason:
+                return  # the handler called execution.complete()/fail() itself
+            await self.complete(result)
+            self.log.info("execution completed")
+        finally:
+            reset_state(token)
+
+    async def _finish_fail(self, error: str) -> None:
+        if self.end_reason:
+            return
+        try:
+            await self.fail(error)
+        except (UnauthorizedError, ConflictError, ClientClosedError) as exc:
+            self.log.warning("could not record the failure", error=str(exc))
+
+
+class Agent:
+    """Serve executions of one ``agent_id`` with a handler.
+
+    Args:
+        agent_id: the agent's id, as used by policy and execution creation
+            (1-128 characters of ``[A-Za-z0-9_-]``).
+        kernel_url: NATS URL of the broker (default ``$REBUNO_URL``, else ``nats://127.0.0.1:4222``).
+        api_key: NATS token (default ``$REBUNO_API_KEY``).
+        consumer_id: this instance's id; generated as ``<agent_id>-<8 hex>`` when empty.
+        reconnect_delay: initial reconnect delay in seconds (backoff base).
+        max_reconnect_delay: cap of the reconnect backoff in seconds.
+        max_concurrency: executions this instance runs at once; it pulls no more.
+        prefix: deployment prefix (default ``$REBUNO_PREFIX`` or ``rebuno``).
+        request_timeout: seconds to wait for each kernel reply before retrying.
+        lease: seconds this instance may go silent before its executions move to another
+            instance (the notice's ack wait; kept alive every ``lease / 3``).
+
+    Raises:
+        ValueError: empty or invalid ``agent_id``; an ``http://`` URL.
+    """
+
+    def __init__(self, agent_id: str, *, kernel_url: str | None = None, api_key: str | None = None,
+                 consumer_id: str = "", reconnect_delay: float = 3.0, max_reconnect_delay: float = 60.0,
+                 max_concurrency: int = 16, prefix: str | None = None, request_timeout: float = 10.0,
+                 lease: float = DEFAULT_LEASE_S) -> None:
+        if not agent_id:
+            raise ValueError("agent_id must not be empty")
+        configure_logging()  # before binding loggers, unless the application configured structlog
+        self.agent_id = validate_token_id("agent_id", agent_id)
+        self.settings = Settings.resolve(kernel_url, api_key, prefix)
+        self.names = Names(self.settings.prefix)
+        self.consumer_id = consumer_id or f"{agent_id}-{uuid.uuid4().hex[:8]}"
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self.max_concurrency = max_concurrency
+        self.request_timeout = request_timeout
+        self.lease = lease
+        self.log = structlog.get_logger("rebuno.agent").bind(agent_id=agent_id, consumer_id=self.consumer_id)
+        self._stop = asyncio.Event()
+        self._nc: NATS | None = None
+        self._requester: Requester | None = None
+        self._binder: InputBinder | None = None
+        self._runs: dict[str, _Run] = {}
+        self.ready = asyncio.Event()
+        """Set once the instance is connected and pulling work (useful in tests)."""
+
+    def run(self, handler: Callable[..., Any]) -> None:
+        """Serve executions with ``handler`` until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
+        asyncio.run(self.run_async(handler))
+
+    def stop(self) -> None:
+        """Ask the instance to stop: no new work; in-flight handlers get 5 s, then are handed over."""
+        self._stop.set()
+
+    async def run_async(self, handler: Callable[..., Any]) -> None:
+        """Serve executions with ``handler`` in the running loop until :meth:`stop` or a signal.
+
+        Raises:
+            TypeError: ``handler`` is not callable.
+        """
+        configure_logging()
+        self._binder = InputBinder(handler)
+        self._stop = asyncio.Event() if self._stop.is_set() else self._stop
+        remove_handlers = install_signal_handlers(self._stop)
+        try:
+            self._nc = await connect(self.settings, f"rebuno-agent {self.consumer_id}",
+                                     reconnect_delay=self.reconnect_delay,
+                                     max_reconnect_delay=self.max_reconnect_delay, retry_initial=True, stop=self._stop)
+        except ClientClosedError:
+            remove_handlers()
+            return
+        self._requester = Requester(self._nc, self.names, timeout=self.request_timeout)
+        await _remote.connect_all(self._requester, self.log)
+        loop = WorkLoop(self._nc, stream=self.names.assign_stream, durable=self.names.agent_consumer(self.agent_id),
+                        filter_subject=self.names.assign(self.agent_id), handle=self._handle,
+                        max_concurrency=self.max_concurrency, lease=self.lease,
+                        reconnect_delay=self.reconnect_delay, max_reconnect_delay=self.max_reconnect_delay,
+                        log=self.log)
+        self.log.info("agent instance started", url=self.settings.url, max_concurrency=self.max_concurrency)
+        self.ready.set()
+        try:
+            await loop.run(self._stop)
+        finally:
+            await loop.drain(grace=5.0)
+            remove_handlers()
+            await _remote.disconnect_all()
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self.ready.clear()
+            self.log.info("agent instance stopped")
+
+    async def _handle(self, msg: Msg) -> None:
+        """One assignment notice: claim, run, acknowledge (or hand over)."""
+        assert self._requester is not None and self._nc is not None and self._binder is not None
+        try:
+            notice = codec.NOTICE_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            self.log.error("undecodable assignment notice; dropping it", data=msg.data[:200])
+            await msg.term()
+            return
+        meta = msg.metadata
+        log = self.log.bind(execution_id=notice.execution_id)
+        # Claim first (the reply says where the log stands), then follow from there;
+        # the follower subscribes before reading the backlog, so nothing is missed.
+        try:
+            claim: api.ClaimReply = await self._requester.call("agent.claim", api.Claim(
+                execution_id=notice.execution_id, agent_id=self.agent_id, consumer_id=self.consumer_id,
+                notice_seq=meta.sequence.stream, delivery=meta.num_delivered))
+        except (ConflictError, NotFoundError) as exc:
+            log.info("notice is no longer claimable; dropping it", reason=str(exc))
+            await msg.ack()
+            return
+        except RebunoError as exc:
+            log.warning("claim failed; the notice will be redelivered", error=str(exc))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=2)
+            return
+        run = _Run(self, claim, msg)
+        self._runs[run.id] = run
+
+        async def follow_run() -> None:
+            try:
+                async for event in follow_events(self._nc, self._requester, self.names, run.id,
+                                                 after_sequence=claim.last_sequence, stop_at_terminal=False):
+                    run.on_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.warning("event follower stopped", error=repr(exc))
+
+        follower = asyncio.create_task(follow_run())
+        lease = asyncio.create_task(keep_lease(msg, max(self.lease / 3, 0.5)))
+        log.info("execution claimed", session_id=claim.session_id, delivery=meta.num_delivered)
+        handover = False
+        try:
+            run.task = asyncio.create_task(run.run_handler(self._binder))
+            try:
+                await run.task
+            except asyncio.CancelledError:
+                if not run.end_reason:  # our own shutdown, not the execution's end
+                    handover = True
+                    if not run.task.done():
+                        run.task.cancel()
+                    raise
+            except Exception as exc:  # noqa: BLE001 - e.g. complete() refused
+                log.warning("could not finish the execution", error=str(exc))
+        finally:
+            lease.cancel()
+            follower.cancel()
+            for fut in [*run.step_waiters.values(), *run.signal_waiters.values()]:
+                fut.cancel()
+            self._runs.pop(run.id, None)
+            with contextlib.suppress(Exception):
+                if run.end_reason == "fenced":
+                    pass  # the notice now belongs to the instance that took over
+                elif handover:
+                    await msg.nak()
+                else:
+                    await msg.ack()

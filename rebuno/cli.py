@@ -1,0 +1,316 @@
+"""The ``rebuno`` command line: run a broker and kernel, inspect and drive executions.
+
+Run ``rebuno --help`` or ``rebuno COMMAND --help``. Inspection commands talk
+to the kernel through the broker at ``--url`` (default ``$REBUNO_URL``, else
+``nats://127.0.0.1:4222``). Errors are printed as ``error: [CODE] message`` and
+exit with status 1; usage errors exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import __version__
+from ._config import DEFAULT_URL
+from .client import Client
+from .errors import RebunoError
+
+_STATUS_COLOURS = {"pending": 33, "running": 36, "blocked": 35, "completed": 32, "failed": 31, "cancelled": 90}
+
+
+def _colour(status: str) -> str:
+    code = _STATUS_COLOURS.get(status)
+    if code is None or os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+        return status
+    return f"\033[{code}m{status}\033[0m"
+
+
+def _json_arg(text: str | None, flag: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"rebuno: invalid {flag} JSON: {exc}") from None
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key:
+                raise SystemExit(f'rebuno: invalid label "{part}" (expected key=value)')
+            out[key] = value
+    return out
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(msgspec.to_builtins(obj), indent=2, default=str)
+
+
+def _print_execution(ex, as_json: bool) -> None:
+    if as_json:
+        print(_dump(ex))
+        return
+    print(f"ID:       {ex.id}\nStatus:   {_colour(ex.status.value)}\nAgent:    {ex.agent_id}")
+    if ex.labels:
+        print("Labels:   " + ", ".join(f"{k}={v}" for k, v in sorted(ex.labels.items())))
+    print(f"Created:  {ex.created_at.isoformat()}\nUpdated:  {ex.updated_at.isoformat()}")
+    if ex.input is not None:
+        print(f"Input:    {json.dumps(ex.input)}")
+    if ex.output is not None:
+        print(f"Output:   {json.dumps(ex.output)}")
+    if ex.error:
+        print(f"Error:    {ex.error}")
+
+
+def _event_line(e) -> str:
+    step = f" step={e.step_id}" if e.step_id else ""
+    payload = json.dumps(msgspec.to_builtins(e.payload), separators=(",", ":"), default=str)
+    return f"[{e.sequence}] {e.timestamp:%H:%M:%S.%f}"[:-3] + f" {e.type}{step} {payload}"
+
+
+# ------------------------------------------------------------------ servers --
+def _load_policy(path: str | None, *, dev: bool):
+    from kernel.policy import PolicyError, load_policy, permissive
+
+    if not path:
+        if dev:
+            return permissive()
+        raise SystemExit("rebuno kernel: --policy is required outside `rebuno dev` (no policy would deny every tool)")
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise SystemExit(f"rebuno: invalid policy: {exc}") from None
+
+
+def _kernel_config(args) -> Any:
+    from kernel.config import KernelConfig
+
+    return KernelConfig(step_timeout=timedelta(seconds=args.step_timeout),
+                        execution_timeout=timedelta(seconds=args.execution_timeout), replicas=args.replicas)
+
+
+async def _serve_kernel(url: str, policy, config, api_key: str | None, prefix: str | None,
+                        on_ready=None) -> None:
+    from kernel import Kernel
+    from schemas import Names
+
+    from ._config import Settings
+    from ._connection import connect
+
+    settings = Settings.resolve(url, api_key, prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    nc = await connect(settings, "rebuno-kernel", retry_initial=True, stop=stop)
+    kernel = Kernel(nc, Names(settings.prefix), policy, config)
+    await kernel.start()
+    if on_ready:
+        on_ready()
+    await stop.wait()
+    print("\nshutting down…", file=sys.stderr)
+    await kernel.stop()
+    await nc.drain()
+
+
+def cmd_dev(args) -> int:
+    from ._logging import configure_logging
+    from ._server import EmbeddedServer
+
+    configure_logging(args.log_level, "text")
+    policy = _load_policy(args.policy, dev=True)
+    data_dir = Path(args.data_dir).resolve()
+    server = EmbeddedServer(port=args.port, data_dir=data_dir / "nats").start()
+
+    def banner() -> None:
+        print(f"\nRebuno dev kernel ready\n  broker:  {server.url}  (JetStream data in {data_dir / 'nats'})\n"
+              f"  policy:  {policy.describe()}\n\n  export REBUNO_URL={server.url}\n\nPress Ctrl-C to stop.",
+              flush=True)
+
+    try:
+        asyncio.run(_serve_kernel(server.url, policy, _kernel_config(args), None, args.prefix, banner))
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_kernel(args) -> int:
+    from ._logging import configure_logging
+
+    configure_logging(args.log_level)
+    policy = _load_policy(args.policy, dev=False)
+    asyncio.run(_serve_kernel(args.url, policy, _kernel_config(args), args.api_key, args.prefix))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ._demo import run_demo
+
+    return asyncio.run(run_demo(args.path, keep_logs=args.verbose))
+
+
+# --------------------------------------------------------------- inspection --
+async def _with_client(args, fn) -> int:
+    async with Client(args.url, args.api_key, prefix=args.prefix, timeout=args.timeout, max_retries=1) as client:
+        await fn(client)
+    return 0
+
+
+async def _create(args, c: Client) -> None:
+    ex = await c.create(args.agent, _json_arg(args.input, "--input"), _labels(args.label) or None)
+    _print_execution(ex, args.json)
+
+
+async def _get(args, c: Client) -> None:
+    _print_execution(await c.get(args.id), args.json)
+
+
+async def _list(args, c: Client) -> None:
+    page = await c.list(status=args.status, agent_id=args.agent or "", labels=_labels(args.label), limit=args.limit,
+                        cursor=args.cursor or "")
+    if args.json:
+        print(_dump(page))
+        return
+    if not page.executions:
+        print("No executions found.")
+        return
+    print(f"{'ID':<38} {'STATUS':<10} {'AGENT':<20} {'CREATED':<26} UPDATED")
+    for r in page.executions:
+        print(f"{r.id:<38} {_colour(r.status.value):<10} {r.agent_id:<20} {r.created_at:%Y-%m-%d %H:%M:%S}        "
+              f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
+    if page.next_cursor:
+        print(f"\nmore: rebuno list --cursor {page.next_cursor}")
+
+
+async def _events(args, c: Client) -> None:
+    if args.tail:
+        async for e in c.events(args.id):
+            print(_event_line(e) if not args.json else msgspec.json.encode(e).decode(), flush=True)
+        return
+    events = await c.events_snapshot(args.id, limit=args.limit)
+    if not events:
+        print("No events found.")
+    for e in events:
+        print(_event_line(e) if not args.json else msgspec.json.encode(e).decode())
+
+
+async def _cancel(args, c: Client) -> None:
+    await c.cancel(args.id)
+    print(f"Execution {args.id} cancelled.")
+
+
+async def _signal(args, c: Client) -> None:
+    await c.send_signal(args.id, args.type, _json_arg(args.payload, "--payload"))
+    print("Signal sent.")
+
+
+async def _tools(args, c: Client) -> None:
+    tools = await c.list_tools(args.tool_prefix or "")
+    if args.json:
+        print(_dump(tools))
+        return
+    if not tools:
+        print("No tools registered.")
+    for t in tools:
+        print(f"{t.id:<32} {', '.join(t.runner_ids):<20} {t.description.splitlines()[0] if t.description else ''}")
+
+
+async def _health(args, c: Client) -> None:
+    h = await c.health()
+    print(f"{'OK' if h.status == 'ok' else 'DEGRADED'} kernel {h.kernel_id} at {args.url or os.environ.get('REBUNO_URL', DEFAULT_URL)}"
+          f" (JetStream {'reachable' if h.jetstream else 'unreachable'})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rebuno", description="Rebuno: a kernel-authoritative runtime for AI agents, on NATS.")
+    p.add_argument("--version", action="version", version=f"rebuno {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def client_args(sp):
+        sp.add_argument("--url", default=None, help="NATS URL (default $REBUNO_URL or nats://127.0.0.1:4222)")
+        sp.add_argument("--api-key", default=None, help="NATS token (default $REBUNO_API_KEY)")
+        sp.add_argument("--prefix", default=None, help="deployment prefix (default $REBUNO_PREFIX or rebuno)")
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+
+    def kernel_args(sp):
+        sp.add_argument("--policy", default=None, help="policy YAML file")
+        sp.add_argument("--step-timeout", type=float, default=300.0, help="default step deadline, seconds")
+        sp.add_argument("--execution-timeout", type=float, default=3600.0, help="execution lifetime, seconds")
+        sp.add_argument("--replicas", type=int, default=1, help="stream/bucket replicas (3 in a cluster)")
+        sp.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+        sp.add_argument("--prefix", default=None, help="deployment prefix (default $REBUNO_PREFIX or rebuno)")
+
+    sp = sub.add_parser("dev", help="run an embedded NATS server with JetStream and a kernel")
+    sp.add_argument("--port", type=int, default=4222, help="broker port (default 4222; 0 picks a free one)")
+    sp.add_argument("--data-dir", default=".rebuno", help="where JetStream keeps data (default ./.rebuno)")
+    kernel_args(sp)
+    sp.set_defaults(func=cmd_dev)
+
+    sp = sub.add_parser("kernel", help="run one kernel replica against an existing broker")
+    sp.add_argument("--nats", dest="url", default=None, help="NATS URL (default $REBUNO_URL)")
+    sp.add_argument("--api-key", default=None, help="NATS token (default $REBUNO_API_KEY)")
+    kernel_args(sp)
+    sp.set_defaults(func=cmd_kernel)
+
+    sp = sub.add_parser("demo", help="run the end-to-end demo on a real directory")
+    sp.add_argument("--path", default=".", help="directory to inspect (default: current directory)")
+    sp.add_argument("--verbose", action="store_true", help="show the actors' logs")
+    sp.set_defaults(func=cmd_demo)
+
+    for name, fn, help_, extra in (
+        ("create", _create, "create an execution", lambda sp: (
+            sp.add_argument("agent", help="agent id"),
+            sp.add_argument("--input", default=None, help="input JSON"),
+            sp.add_argument("--label", action="append", help="label key=value (repeatable)"))),
+        ("get", _get, "show one execution", lambda sp: sp.add_argument("id")),
+        ("list", _list, "list executions, newest first", lambda sp: (
+            sp.add_argument("--status", default=None,
+                            choices=["pending", "running", "blocked", "completed", "failed", "cancelled"]),
+            sp.add_argument("--agent", default=None), sp.add_argument("--label", action="append"),
+            sp.add_argument("--limit", type=int, default=50), sp.add_argument("--cursor", default=None))),
+        ("events", _events, "show (or follow with --tail) an execution's events", lambda sp: (
+            sp.add_argument("id"), sp.add_argument("--tail", action="store_true", help="follow until it ends"),
+            sp.add_argument("--limit", type=int, default=100))),
+        ("cancel", _cancel, "cancel an execution", lambda sp: sp.add_argument("id")),
+        ("signal", _signal, "send a signal to an execution", lambda sp: (
+            sp.add_argument("id"), sp.add_argument("type", help="signal type"),
+            sp.add_argument("--payload", default=None, help="payload JSON"))),
+        ("tools", _tools, "list the tool directory", lambda sp: sp.add_argument("tool_prefix", nargs="?", default="", help="only ids equal to or under this prefix")),
+        ("health", _health, "check a kernel replica", lambda sp: None),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        client_args(sp)
+        extra(sp)
+        sp.set_defaults(func=lambda args, fn=fn: asyncio.run(_with_client(args, lambda c: fn(args, c))))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RebunoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""``Runner``: executes remote tool jobs for any agent (DESIGN §4 flow 4).
+
+A runner instance publishes its tools to the kernel's directory
+(``runner.register``), pulls jobs from the shared durable consumer
+``runner-<runner_id>`` only as far as ``max_concurrency`` allows, tells the
+kernel it starts each one (``runner.started`` — a job the kernel no longer
+wants is dropped there), runs the tool body with the lease kept alive, reports
+the outcome (``runner.result``) and acknowledges the job. It watches the
+execution's events while the job runs and cancels the body when the step or the
+execution is cancelled. Raise ``ToolError(..., retryable=True)`` from a body to
+ask the kernel for another attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any, Iterable
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import api, codec
+from schemas import events as ev
+from schemas.ids import validate_token_id
+from schemas.subjects import Names
+
+from ._config import Settings
+from ._connection import Requester, connect
+from ._execution import ExecutionState, reset_state, set_state
+from ._follow import follow_events
+from ._logging import configure_logging
+from ._tools import ToolSpec, call_body, jsonable as _jsonable, registry
+from ._worker import DEFAULT_LEASE_S, WorkLoop, install_signal_handlers, keep_lease
+from .errors import ClientClosedError, RebunoError
+from .mcp import MCPServer
+
+__all__ = ["Runner"]
+
+
+class Runner:
+    """Serve ``@tool`` functions of this process as remote tools.
+
+    Args:
+        runner_id: the runner's id (1-128 characters of ``[A-Za-z0-9_-]``); instances with the
+            same id share its job queue round-robin.
+        kernel_url: NATS URL (default ``$REBUNO_URL``).
+        api_key: NATS token (default ``$REBUNO_API_KEY``).
+        capabilities: tool ids to advertise; default every non-stub ``@tool`` of the process.
+        consumer_id: this instance's id; ``<runner_id>-<8 hex>`` when empty.
+        max_concurrency: jobs this instance runs at once; it pulls no more.
+        reconnect_delay / max_reconnect_delay: reconnect backoff base and cap, seconds.
+        prefix: deployment prefix.
+        request_timeout: seconds to wait for each kernel reply before retrying.
+        lease: job ack wait in seconds (kept alive every ``lease / 3`` while a job runs).
+        heartbeat_interval: seconds between re-registrations (keeps "last seen" fresh).
+
+    Raises:
+        ValueError: invalid ``runner_id``.
+    """
+
+    def __init__(self, runner_id: str, *, kernel_url: str | None = None, api_key: str | None = None,
+                 capabilities: Iterable[str] | None = None, consumer_id: str = "", max_concurrency: int = 8,
+                 reconnect_delay: float = 2.0, max_reconnect_delay: float = 60.0, prefix: str | None = None,
+                 request_timeout: float = 10.0, lease: float = DEFAULT_LEASE_S, heartbeat_interval: float = 30.0) -> None:
+        if not runner_id:
+            raise ValueError("runner_id must not be empty")
+        configure_logging()  # before binding loggers, unless the application configured structlog
+        self.runner_id = validate_token_id("runner_id", runner_id)
+        self.settings = Settings.resolve(kernel_url, api_key, prefix)
+        self.names = Names(self.settings.prefix)
+        self.capabilities = list(capabilities) if capabilities is not None else None
+        self.consumer_id = consumer_id or f"{runner_id}-{uuid.uuid4().hex[:8]}"
+        self.max_concurrency = max_concurrency
+        self.reconnect_delay, self.max_reconnect_delay = reconnect_delay, max_reconnect_delay
+        self.request_timeout = request_timeout
+        self.lease = lease
+        self.heartbeat_interval = heartbeat_interval
+        self.log = structlog.get_logger("rebuno.runner").bind(runner_id=runner_id, consumer_id=self.consumer_id)
+        self._hosted: list[MCPServer] = []
+        self._tools: dict[str, ToolSpec] = {}
+        self._stop = asyncio.Event()
+        self._nc: NATS | None = None
+        self._requester: Requester | None = None
+        self.ready = asyncio.Event()
+        """Set once the instance registered its tools and is pulling jobs."""
+
+    def host(self, server: MCPServer) -> "Runner":
+        """Back tools with an MCP server (its tools join this runner's capabilities).
+
+        Raises:
+            TypeError: ``server`` is not an MCPServer.
+            NotImplementedError: MCP hosting is not available in this release.
+        """
+        if not isinstance(server, MCPServer):
+            raise TypeError(f"runner.host() takes an MCPServer, got {type(server).__name__}")
+        raise NotImplementedError(f"cannot host MCPServer {server.name!r}: MCP hosting is not available in this "
+                                  "release of rebuno; serve @tool functions instead")
+
+    def _resolve_tools(self) -> dict[str, ToolSpec]:
+        tools = {tid: spec for tid, spec in registry().items() if not spec.remote}
+        if self.capabilities is None:
+            return tools
+        missing = [c for c in self.capabilities if c not in tools]
+        if missing:
+            raise ValueError(f"runner {self.runner_id}: capabilities without a @tool in this process: {missing}")
+        return {c: tools[c] for c in self.capabilities}
+
+    def run(self) -> None:
+        """Serve jobs until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
+        asyncio.run(self.run_async())
+
+    def stop(self) -> None:
+        """Ask the instance to stop: no new jobs; running ones get 5 s, then are handed back."""
+        self._stop.set()
+
+    async def run_async(self) -> None:
+        """Serve jobs in the running loop until :meth:`stop` or a signal.
+
+        Raises:
+            ValueError: a capability has no ``@tool`` in this process.
+        """
+        configure_logging()
+        self._tools = self._resolve_tools()
+        self._stop = asyncio.Event() if self._stop.is_set() else self._stop
+        remove_handlers = install_signal_handlers(self._stop)
+        try:
+            self._nc = await connect(self.settings, f"rebuno-runner {self.consumer_id}",
+                                     reconnect_delay=self.reconnect_delay,
+                                     max_reconnect_delay=self.max_reconnect_delay, retry_initial=True, stop=self._stop)
+        except ClientClosedError:
+            remove_handlers()
+            return
+        self._requester = Requester(self._nc, self.names, timeout=self.request_timeout)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        loop = WorkLoop(self._nc, stream=self.names.jobs_stream, durable=self.names.runner_consumer(self.runner_id),
+                        filter_subject=self.names.jobs(self.runner_id), handle=self._handle,
+                        max_concurrency=self.max_concurrency, lease=self.lease,
+                        reconnect_delay=self.reconnect_delay, max_reconnect_delay=self.max_reconnect_delay,
+                        log=self.log)
+        try:
+            await loop.run(self._stop)
+        finally:
+            heartbeat.cancel()
+            await loop.drain(grace=5.0)
+            remove_handlers()
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self.ready.clear()
+            self.log.info("runner instance stopped")
+
+    async def _register(self) -> None:
+        assert self._requester is not None
+        await self._requester.call("runner.register", api.RunnerRegister(
+            runner_id=self.runner_id, consumer_id=self.consumer_id,
+            tools=[spec.tool_schema() for spec in self._tools.values()]))
+
+    async def _heartbeat(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                await self._register()
+                if not self.ready.is_set():
+                    self.log.info("runner registered", tools=sorted(self._tools), url=self.settings.url)
+                    self.ready.set()
+                failures = 0
+                delay = self.heartbeat_interval
+            except RebunoError as exc:
+                failures += 1
+                delay = min(self.reconnect_delay * 2 ** (failures - 1), self.max_reconnect_delay)
+                self.log.warning("registration failed; retrying", error=str(exc), retry_in_s=delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _handle(self, msg: Msg) -> None:
+        """One job: started → body → result → ack."""
+        assert self._requester is not None and self._nc is not None
+        try:
+            job = codec.JOB_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            self.log.error("undecodable job; dropping it", data=msg.data[:200])
+            await msg.term()
+            return
+        log = self.log.bind(execution_id=job.execution_id, step_id=job.step_id, tool_id=job.tool_id, job_id=job.id)
+        try:
+            started: api.StartedReply = await self._requester.call("runner.started", api.RunnerStarted(
+                runner_id=self.runner_id, consumer_id=self.consumer_id, job_id=job.id,
+                execution_id=job.execution_id, step_id=job.step_id, delivery=msg.metadata.num_delivered))
+        except RebunoError as exc:
+            if getattr(exc, "code", "") in ("NOT_FOUND", "VALIDATION_ERROR"):
+                log.warning("job refused by the kernel; dropping it", error=str(exc))
+                await msg.term()
+            else:
+                log.warning("could not start job; it will be redelivered", error=str(exc))
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=2)
+            return
+        if not started.proceed:
+            log.info("kernel no longer wants this job; dropping it", reason=started.reason)
+            await msg.ack()
+            return
+        lease = asyncio.create_task(keep_lease(msg, max(self.lease / 3, 0.5)))
+        body = asyncio.create_task(self._run_body(job))
+        watch = asyncio.create_task(self._watch_cancel(job, started.last_sequence, body))
+        handover = False
+        try:
+            try:
+                data = await body
+                result = api.RunnerResult(runner_id=self.runner_id, consumer_id=self.consumer_id, job_id=job.id,
+                                          execution_id=job.execution_id, step_id=job.step_id, success=True, data=data)
+            except asyncio.CancelledError:
+                if watch.done():  # the kernel cancelled the step: nothing to report
+                    log.info("job cancelled by the kernel")
+                    await msg.ack()
+                    return
+                handover = True
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.warning("tool failed", error=str(exc), retryable=bool(getattr(exc, "retryable", False)))
+                result = api.RunnerResult(runner_id=self.runner_id, consumer_id=self.consumer_id, job_id=job.id,
+                                          execution_id=job.execution_id, step_id=job.step_id, success=False,
+                                          error=(str(exc) or type(exc).__name__)[:65536],
+                                          retryable=bool(getattr(exc, "retryable", False)))
+            try:
+                await self._requester.call("runner.result", result)
+                log.info("job done", success=result.success)
+            except RebunoError as exc:
+                log.warning("kernel refused the result", error=str(exc))
+            await msg.ack()
+        finally:
+            lease.cancel()
+            watch.cancel()
+            if not body.done():
+                body.cancel()
+            if handover:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+
+    async def _run_body(self, job) -> Any:
+        spec = self._tools.get(job.tool_id)
+        if spec is None:
+            raise RuntimeError(f"No handler registered for tool '{job.tool_id}' on runner {self.runner_id}")
+        token = set_state(ExecutionState(job.execution_id))
+        try:
+            return _jsonable(await call_body(spec.fn, job.arguments))
+        finally:
+            reset_state(token)
+
+    async def _watch_cancel(self, job, after_sequence: int, body: asyncio.Task) -> None:
+        """Cancel the body when the kernel cancels the step or ends the execution (DESIGN §4.6)."""
+        assert self._nc is not None and self._requester is not None
+        try:
+            async for event in follow_events(self._nc, self._requester, self.names, job.execution_id,
+                                             after_sequence=after_sequence, stop_at_terminal=False):
+                if (event.terminal or (event.step_id == job.step_id and isinstance(
+                        event, (ev.StepCancelled, ev.StepTimedOut)))):
+                    body.cancel()
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.log.debug("cancel watch stopped", error=repr(exc))
+        await asyncio.Event().wait()  # keep "not done" so a cancelled body is not mistaken for a kernel cancel
