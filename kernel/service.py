@@ -45,6 +45,8 @@ log = structlog.get_logger("rebuno.kernel")
 _ERROR_HEADERS = {HEADER_TYPE: "Error", "Rebuno-Schema": str(codec.SCHEMA_VERSION)}
 _CACHE_SIZE = 10_000
 _MAX_TRANSACT_ATTEMPTS = 10
+_HEADROOM = 1024
+"""Bytes kept free under the broker's max payload for headers and record growth."""
 
 
 def _now() -> datetime:
@@ -264,11 +266,14 @@ class Kernel:
                 revision = stored[1]
         raise KernelError("SERVICE_UNAVAILABLE", f"could not store record of execution {execution_id}")
 
-    def _check_size(self, what: str, data: bytes) -> None:
-        limit = self.nc.max_payload
-        if len(data) > limit:
-            raise KernelError("VALIDATION_ERROR", f"{what} would be {len(data)} bytes, over the broker's max payload "
-                              f"of {limit} bytes", {"size_bytes": len(data), "limit_bytes": limit})
+    def _check_size(self, what: str, size: int) -> None:
+        """Refuse a transition whose message would not fit the broker's max payload (minus headroom
+        for headers): the event batch, or the record it grows into (``size`` in bytes)."""
+        limit = self.nc.max_payload - _HEADROOM
+        if size > limit:
+            raise KernelError("VALIDATION_ERROR", f"{what} would be {size} bytes, over the broker's max payload "
+                              f"of {self.nc.max_payload} bytes less {_HEADROOM} bytes of headroom",
+                              {"size_bytes": size, "limit_bytes": limit})
 
     async def _transact(self, execution_id: str, decide: Callable[[ExecutionRecord], machine.Decision],
                         request_key: str = "") -> tuple[ExecutionRecord, machine.Decision]:
@@ -298,7 +303,8 @@ class Kernel:
                     return rec, decision
                 batch = EventBatch(execution_id=execution_id, events=decision.events, request_key=request_key)
                 data = codec.encode(batch)
-                self._check_size("the event batch", data)
+                self._check_size("the event batch", len(data))
+                self._check_size(f"the record of execution {execution_id}", len(data) + len(codec.encode(rec)))
                 try:
                     seq = await self.store.append(execution_id, data, rec.stream_seq)
                 except SequenceConflict:
@@ -319,7 +325,8 @@ class Kernel:
         decision = machine.create(execution_id, req, now)
         batch = EventBatch(execution_id=execution_id, events=decision.events, request_key=execution_id)
         data = codec.encode(batch)
-        self._check_size("the execution input", data)
+        self._check_size("the execution's first event", len(data))
+        self._check_size("the execution's record", 2 * len(data))
         async with self._locked(execution_id):
             try:
                 seq = await self.store.append(execution_id, data, 0)

@@ -158,7 +158,7 @@ class Requester:
         if subject is None:
             subject = self._subjects[operation] = self.names.api(operation)
         data = codec.encode(request)
-        if len(data) > self.nc.max_payload:
+        if len(data) + 512 > self.nc.max_payload:  # headers travel in the same frame
             raise ValidationError(f"{operation} request is {len(data)} bytes, over the broker's max payload of "
                                   f"{self.nc.max_payload} bytes", "VALIDATION_ERROR",
                                   {"size_bytes": len(data), "limit_bytes": self.nc.max_payload})
