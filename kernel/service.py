@@ -87,6 +87,7 @@ class Kernel:
         self._cache: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tools: dict[str, ToolEntry] = {}
+        self._saves: dict[str, asyncio.Task] = {}
         self._rr = itertools.count()
         self._sub = None
         self._tasks: set[asyncio.Task] = set()
@@ -120,6 +121,8 @@ class Kernel:
             self._sub = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+        if self._saves:
+            await asyncio.wait(set(self._saves.values()), timeout=10)
         if self._watcher_task is not None:
             self._watcher_task.cancel()
             with contextlib.suppress(BaseException):
@@ -219,6 +222,10 @@ class Kernel:
         Raises:
             KernelError: NOT_FOUND when neither the bucket nor the stream knows the id.
         """
+        pending = self._saves.get(execution_id)
+        if pending is not None:  # this replica's own write of the record is still in flight
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
         cached = None if fresh else self._cache.get(execution_id)
         if cached is None:
             stored = await self.store.get_record(execution_id)
@@ -266,6 +273,26 @@ class Kernel:
                 revision = stored[1]
         raise KernelError("SERVICE_UNAVAILABLE", f"could not store record of execution {execution_id}")
 
+    def _save_later(self, execution_id: str, rec: ExecutionRecord, revision: int) -> None:
+        """Write the record in the background: the events are stored, so the caller may have its
+        reply now (DESIGN §9). This replica's next transaction on the execution waits for the
+        write; other replicas that read the older record fail their append guard and repair
+        from the stream; a crash before the write is repaired the same way."""
+        data = codec.encode(rec)
+        self._remember(execution_id, data, revision)
+        task = asyncio.create_task(self._save(execution_id, rec, data, revision))
+        self._saves[execution_id] = task
+
+        def done(t: asyncio.Task) -> None:
+            if self._saves.get(execution_id) is t:
+                del self._saves[execution_id]
+            if not t.cancelled() and t.exception() is not None:
+                self._cache.pop(execution_id, None)  # reload from the bucket (and repair) next time
+                self.log.warning("record write failed; it will be repaired from the stream",
+                                 execution_id=execution_id, error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
     def _check_size(self, what: str, size: int) -> None:
         """Refuse a transition whose message would not fit the broker's max payload (minus headroom
         for headers): the event batch, or the record it grows into (``size`` in bytes)."""
@@ -304,7 +331,8 @@ class Kernel:
                 batch = EventBatch(execution_id=execution_id, events=decision.events, request_key=request_key)
                 data = codec.encode(batch)
                 self._check_size("the event batch", len(data))
-                self._check_size(f"the record of execution {execution_id}", len(data) + len(codec.encode(rec)))
+                self._check_size(f"the record of execution {execution_id}",
+                                 len(data) + len(self._cache.get(execution_id, (b"", 0))[0]))
                 try:
                     seq = await self.store.append(execution_id, data, rec.stream_seq)
                 except SequenceConflict:
@@ -312,9 +340,9 @@ class Kernel:
                     fresh = False  # _repair refreshed the cache
                     continue
                 apply_batch(rec, batch, seq)
-                rec_data = codec.encode(rec)
-                await asyncio.gather(self._save(execution_id, rec, rec_data, revision),
-                                     self.store.publish_all(decision.notices, decision.jobs))
+                self._save_later(execution_id, rec, revision)
+                if decision.notices or decision.jobs:
+                    await self.store.publish_all(decision.notices, decision.jobs)
                 return rec, decision
         raise KernelError("SERVICE_UNAVAILABLE", f"execution {execution_id} is too contended; retry")
 
@@ -338,9 +366,8 @@ class Kernel:
                     await self.store.publish_all(decision.notices[:1], [], notice_msg_id=execution_id)
                 return rec.view(), False
             rec = apply_batch(None, batch, seq)
-            rec_data = codec.encode(rec)
-            await asyncio.gather(self._save(execution_id, rec, rec_data, 0),
-                                 self.store.publish_all(decision.notices, [], notice_msg_id=execution_id))
+            self._save_later(execution_id, rec, 0)
+            await self.store.publish_all(decision.notices, [], notice_msg_id=execution_id)
         self.log.info("execution created", execution_id=execution_id, agent_id=req.agent_id)
         return rec.view(), True
 
@@ -367,8 +394,17 @@ class Kernel:
 
     async def _events(self, req: api.ListEvents) -> tuple[Any, bool]:
         limit = 100 if req.limit == 0 else min(req.limit, 1000)
-        out = []
-        async for _, batch in self.store.batches(req.execution_id):
+        out: list = []
+        try:
+            rec, _ = await self._load(req.execution_id, fresh=True)
+        except KernelError:
+            return api.EventsReply(events=[]), False  # unknown execution: empty (spec/kernel.md §18)
+        start = 0  # read from the last mark at or before the wanted sequence, not from the start
+        for first_sequence, stream_seq in rec.batch_marks:
+            if first_sequence > req.after_sequence + 1:
+                break
+            start = stream_seq - 1
+        async for _, batch in self.store.batches(req.execution_id, start):
             for event in batch.events:
                 if event.sequence > req.after_sequence:
                     out.append(event)

@@ -22,6 +22,8 @@ HISTORY_LIMIT = 50
 """Terminal step entries kept in the record (``spec/kernel.md`` §7)."""
 REQUEST_KEY_LIMIT = 256
 """Recent request keys kept per execution for idempotent repeats."""
+MARK_EVERY = 32
+"""A ``batch_marks`` entry is kept for every this many batches."""
 
 _SIGNAL_RESUME = "signal received: "
 
@@ -55,6 +57,9 @@ def apply_batch(record: ExecutionRecord | None, batch: EventBatch, stream_seq: i
         record = apply(record, event)
     assert record is not None
     record.stream_seq = stream_seq
+    if record.batches % MARK_EVERY == 0 and batch.events:
+        record.batch_marks.append((batch.events[0].sequence, stream_seq))
+    record.batches += 1
     if batch.request_key and batch.events:
         keys = record.request_keys
         keys[batch.request_key] = batch.events[0].id

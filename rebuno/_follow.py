@@ -28,9 +28,13 @@ _PAGE = 1000
 
 async def follow_events(nc: NATS, requester: Requester, names: Names, execution_id: str, *,
                         after_sequence: int = 0, stop_at_terminal: bool = True,
-                        poll_interval: float = 5.0) -> AsyncIterator[Event]:
+                        poll_interval: float = 5.0, backfill: bool = True) -> AsyncIterator[Event]:
     """Yield the execution's events with ``sequence > after_sequence``, ascending, forever
     (or up to and including the first terminal event when ``stop_at_terminal``).
+
+    With ``backfill=False`` the first read of the backlog is skipped: for callers that know
+    the log ends at ``after_sequence`` and only need what comes next (a gap or silence still
+    triggers a read).
 
     Raises:
         APIError: the kernel refused the backlog read (e.g. invalid id).
@@ -43,7 +47,6 @@ async def follow_events(nc: NATS, requester: Requester, names: Names, execution_
     sub = await nc.subscribe(names.events(execution_id), cb=on_msg, pending_msgs_limit=65536)
     last = after_sequence
     try:
-        backfill = True
         while True:
             if backfill:
                 backfill = False

@@ -254,7 +254,8 @@ class Runner:
         assert self._nc is not None and self._requester is not None
         try:
             async for event in follow_events(self._nc, self._requester, self.names, job.execution_id,
-                                             after_sequence=after_sequence, stop_at_terminal=False):
+                                             after_sequence=after_sequence, stop_at_terminal=False,
+                                             backfill=False):
                 if (event.terminal or (event.step_id == job.step_id and isinstance(
                         event, (ev.StepCancelled, ev.StepTimedOut)))):
                     body.cancel()

@@ -131,7 +131,10 @@ class ExecutionRecord(msgspec.Struct, **_R):
         stream_seq: stream sequence of the last event batch folded in; the next append
             is guarded with ``Nats-Expected-Last-Subject-Sequence: stream_seq``.
         request_keys: idempotency keys of recent mutating requests, oldest first
-            (at most 256), with the id of the thing each created.
+            (at most 256), with the id of the first event each caused.
+        batches: number of event batches folded in.
+        batch_marks: ``(first sequence, stream sequence)`` of every 32nd batch, so a reader
+            can start reading the log near a sequence instead of at its beginning.
     """
 
     id: str
@@ -154,6 +157,8 @@ class ExecutionRecord(msgspec.Struct, **_R):
     request_keys: dict[str, str] = {}
     last_sequence: int = 0
     stream_seq: int = 0
+    batches: int = 0
+    batch_marks: list[tuple[int, int]] = []
 
     @property
     def terminal(self) -> bool:
