@@ -46,15 +46,38 @@ async def remote_echo(value: int) -> int:
     """Served by the runner process."""
 
 
-async def handler(kind: str, calls: int) -> list[float]:
+async def handler(kind: str, calls: int) -> list[list[float]]:
+    """Per measured call: [wall start, wall end] in Unix seconds (after 20 warm-up calls)."""
     fn = noop if kind == "local" else remote_echo
     out = []
     for i in range(calls + 20):
-        t = time.perf_counter()
+        t = time.time()
         assert await fn(value=i) == i
-        if i >= 20:  # warm-up
-            out.append(time.perf_counter() - t)
+        if i >= 20:
+            out.append([t, time.time()])
     return out
+
+
+def breakdown(calls: list[list[float]], events: list) -> list[tuple[str, list[float]]]:
+    """Split each remote call by the kernel's event timestamps (same machine clock)."""
+    steps: dict[str, dict[str, float]] = {}
+    order: list[str] = []
+    for e in events:
+        if e.step_id and e.type in ("step.created", "step.started", "step.completed"):
+            if e.step_id not in steps:
+                order.append(e.step_id)
+            steps.setdefault(e.step_id, {})[e.type] = e.timestamp.timestamp()
+    order = order[-len(calls):]
+    parts: dict[str, list[float]] = {k: [] for k in (
+        "agent -> kernel decides (intent)", "job queued -> runner started", "runner started -> result stored",
+        "result stored -> caller resumes")}
+    for (start, end), sid in zip(calls, order):
+        t = steps[sid]
+        parts["agent -> kernel decides (intent)"].append(t["step.created"] - start)
+        parts["job queued -> runner started"].append(t["step.started"] - t["step.created"])
+        parts["runner started -> result stored"].append(t["step.completed"] - t["step.started"])
+        parts["result stored -> caller resumes"].append(end - t["step.completed"])
+    return list(parts.items())
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -103,12 +126,17 @@ async def main(calls: int) -> None:
                     if time.monotonic() > deadline:
                         raise SystemExit("runner did not register")
                     await asyncio.sleep(0.1)
-                results = {}
+                results, logs = {}, {}
                 for kind in ("local", "remote"):
                     ex = await client.run_until_complete("bench-agent", {"kind": kind, "calls": calls})
                     if ex.status.value != "completed":
                         raise SystemExit(f"{kind} run failed: {ex.error}")
                     results[kind] = ex.output
+                    logs[kind] = []
+                    after = 0
+                    while batch := await client.events_snapshot(ex.id, after_sequence=after, limit=1000):
+                        logs[kind].extend(batch)
+                        after = batch[-1].sequence
             agent.stop()
             await task
         finally:
@@ -121,8 +149,11 @@ async def main(calls: int) -> None:
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(f"{'':<34} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'vs raw':>9}")
     print(row("raw NATS request/reply", raw, base))
-    print(row("local @tool through the kernel", results["local"], base))
-    print(row("remote tool via kernel + runner", results["remote"], base))
+    print(row("local @tool through the kernel", [e - s for s, e in results["local"]], base))
+    print(row("remote tool via kernel + runner", [e - s for s, e in results["remote"]], base))
+    print("\nwhere a remote call's time goes (kernel event timestamps; p50 per segment):")
+    for name, xs in breakdown(results["remote"], logs["remote"]):
+        print(f"  {name:<34} {pct(xs, 50) * 1e3:8.3f} ms")
 
 
 if __name__ == "__main__":
