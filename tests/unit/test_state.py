@@ -4,8 +4,9 @@ after a JSON round trip of the batch, exactly as the service stores them."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -110,19 +111,12 @@ def types(events: list[ev.Event]) -> list[str]:
     return [e.type for e in events]
 
 
-def kernel_error(code: str):
-    """``pytest.raises`` for a KernelError with ``code``."""
-    class _Ctx:
-        def __enter__(self):
-            self._raises = pytest.raises(KernelError)
-            self.info = self._raises.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            out = self._raises.__exit__(*exc)
-            assert self.info.value.code == code, f"expected {code}, got {self.info.value.code}: {self.info.value}"
-            return out
-    return _Ctx()
+@contextlib.contextmanager
+def kernel_error(code: str) -> Iterator[pytest.ExceptionInfo[KernelError]]:
+    """``pytest.raises`` for a KernelError carrying ``code``."""
+    with pytest.raises(KernelError) as info:
+        yield info
+    assert info.value.code == code, f"expected {code}, got {info.value.code}: {info.value}"
 
 
 @pytest.fixture
