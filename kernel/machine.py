@@ -189,10 +189,15 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
     creating another; a key whose step was cancelled or timed out starts a new step.
     """
     _check_session(rec, req.session_id)
-    if req.request_id and req.request_id in rec.request_keys and not isinstance(req.intent, api.InvokeTool):
-        # a retried complete/fail/wait whose first copy was recorded
-        return Decision([], api.IntentReply(signal_received=isinstance(req.intent, api.Wait)
-                                            and rec.status is not ExecutionStatus.BLOCKED))
+    if isinstance(req.intent, api.Wait):
+        wait_key = req.intent.idempotency_key or req.request_id
+        done = rec.waits.get(wait_key) if wait_key else None
+        if done is not None and done.resolved:  # durable resume of a wait whose signal arrived
+            return Decision([], api.IntentReply(signal_received=True, signal_payload=done.payload))
+        if done is not None and rec.status is ExecutionStatus.BLOCKED and rec.blocked_key == wait_key:
+            return Decision([], api.IntentReply())  # a retried copy of the wait that blocked
+    elif req.request_id and req.request_id in rec.request_keys and not isinstance(req.intent, api.InvokeTool):
+        return Decision([], api.IntentReply())  # a retried complete/fail whose first copy was recorded
     if rec.terminal:
         raise _terminal_error(rec)
     if rec.status is ExecutionStatus.BLOCKED:
@@ -258,13 +263,18 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
                 b.add(ev.ExecutionFailed, ev.ErrorPayload(error=it.error))
             return Decision(b.events, api.IntentReply())
         case api.Wait():
-            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="wait",
-                                                              details={"signal_type": it.signal_type}))
+            key = it.idempotency_key or req.request_id
+            details: dict[str, Any] = {"signal_type": it.signal_type}
+            if key:
+                details["idempotency_key"] = key
+            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="wait", details=details))
             pending = next((s for s in rec.pending_signals if s.signal_type == it.signal_type), None)
             if pending is not None:
-                b.add(ev.ExecutionResumed, ev.ReasonPayload(reason=f"signal received: {it.signal_type}"))
+                b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(
+                    reason=f"signal received: {it.signal_type}", signal_id=pending.id, idempotency_key=key))
                 return Decision(b.events, api.IntentReply(signal_received=True, signal_payload=pending.payload))
-            b.add(ev.ExecutionBlocked, ev.ExecutionBlockedPayload(reason="signal", ref=it.signal_type))
+            b.add(ev.ExecutionBlocked, ev.ExecutionBlockedPayload(reason="signal", ref=it.signal_type,
+                                                                  idempotency_key=key))
             return Decision(b.events, api.IntentReply())
     raise KernelError("VALIDATION_ERROR", "unknown intent type")  # pragma: no cover - union is closed
 
@@ -300,9 +310,10 @@ def signal(rec: ExecutionRecord, req: api.SignalExecution, now: datetime) -> Dec
     if rec.terminal:
         raise _terminal_error(rec)
     b = _builder(rec, now)
-    b.add(ev.SignalReceived, ev.SignalReceivedPayload(signal_type=req.signal_type, payload=req.payload))
+    sig = b.add(ev.SignalReceived, ev.SignalReceivedPayload(signal_type=req.signal_type, payload=req.payload))
     if rec.status is ExecutionStatus.BLOCKED and rec.blocked_reason == "signal" and rec.blocked_ref == req.signal_type:
-        b.add(ev.ExecutionResumed, ev.ReasonPayload(reason=f"signal received: {req.signal_type}"))
+        b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(
+            reason=f"signal received: {req.signal_type}", signal_id=sig.id, idempotency_key=rec.blocked_key))
     return Decision(b.events, api.Ok())
 
 

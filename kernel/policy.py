@@ -23,6 +23,7 @@ __all__ = ["PolicyInput", "PolicyDecision", "Rule", "Policy", "PolicyError", "lo
            "permissive", "glob_match", "DECISIONS"]
 
 DECISIONS = ("allow", "deny")
+_NOT_YET = ("arguments", "schedule", "min_step_count", "min_duration_ms")
 _TOOL_ACTION = "tool.invoke"
 
 
@@ -149,6 +150,9 @@ class Policy:
         return self.default
 
     def describe(self) -> str:
+        """One line for banners and logs: the file and its rule count, or the permissive mode."""
+        if not self.rules and self.default.rule_id == "permissive-default":
+            return self.source
         return f"{self.source} ({len(self.rules)} rules loaded)"
 
 
@@ -219,6 +223,12 @@ def parse_policy(doc: Any, source: str = "<memory>") -> Policy:
         when = raw.get("when") or {}
         if not isinstance(when, dict):
             raise PolicyError(f"{where}: 'when' must be a mapping")
+        # Fail closed: a condition this engine cannot check must not be ignored (that would widen the rule).
+        for key in _NOT_YET:
+            if key in when:
+                raise PolicyError(f'{where}: condition "{key}" is not supported by this kernel yet')
+        if "rate_limit" in raw:
+            raise PolicyError(f'{where}: "rate_limit" is not supported by this kernel yet')
         labels = when.get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise PolicyError(f"{where}: when.labels must map strings to strings")
@@ -247,6 +257,8 @@ def parse_policy(doc: Any, source: str = "<memory>") -> Policy:
     d = raw_default.get("decision")
     if not d:
         default = PolicyDecision("deny", "default", "No explicit allow rule matched")
+    elif d == "require_approval":
+        raise PolicyError(f'{source}: default decision "require_approval" is not supported by this kernel yet')
     elif d not in DECISIONS:
         raise PolicyError(f'{source}: default has invalid decision "{d}"')
     else:

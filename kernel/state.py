@@ -13,7 +13,7 @@ from __future__ import annotations
 from schemas import events as ev
 from schemas.events import EventBatch
 from schemas.records import (
-    ExecutionRecord, ExecutionStatus, HistoryEntry, PendingSignal, Session, StepRecord, StepStatus,
+    ExecutionRecord, ExecutionStatus, HistoryEntry, PendingSignal, Session, StepRecord, StepStatus, WaitRecord,
 )
 
 __all__ = ["apply", "apply_batch", "new_record", "FoldError", "HISTORY_LIMIT", "REQUEST_KEY_LIMIT"]
@@ -68,6 +68,13 @@ def apply_batch(record: ExecutionRecord | None, batch: EventBatch, stream_seq: i
     return record
 
 
+def _remember_wait(record: ExecutionRecord, key: str, wait: WaitRecord) -> None:
+    record.waits.pop(key, None)
+    record.waits[key] = wait
+    while len(record.waits) > REQUEST_KEY_LIMIT:
+        del record.waits[next(iter(record.waits))]
+
+
 def _history(record: ExecutionRecord, step: StepRecord, error: str = "") -> None:
     record.history.append(HistoryEntry(
         step_id=step.id, tool_id=step.tool_id, status=step.status, arguments=step.arguments,
@@ -107,16 +114,21 @@ def apply(record: ExecutionRecord | None, event: ev.Event) -> ExecutionRecord:
             record.updated_at = ts
         case ev.ExecutionBlocked(payload=p):
             record.status = ExecutionStatus.BLOCKED
-            record.blocked_reason, record.blocked_ref = p.reason, p.ref
+            record.blocked_reason, record.blocked_ref, record.blocked_key = p.reason, p.ref, p.idempotency_key
+            if p.reason == "signal" and p.idempotency_key:
+                _remember_wait(record, p.idempotency_key, WaitRecord(signal_type=p.ref))
             record.updated_at = ts
         case ev.ExecutionResumed(payload=p):
             record.status = ExecutionStatus.RUNNING
-            record.blocked_reason = record.blocked_ref = ""
+            record.blocked_reason = record.blocked_ref = record.blocked_key = ""
             if p.reason.startswith(_SIGNAL_RESUME):
                 wanted = p.reason[len(_SIGNAL_RESUME):]
                 for i, sig in enumerate(record.pending_signals):
-                    if sig.signal_type == wanted:
+                    if (sig.id == p.signal_id) if p.signal_id else (sig.signal_type == wanted):
                         del record.pending_signals[i]
+                        if p.idempotency_key:
+                            _remember_wait(record, p.idempotency_key,
+                                           WaitRecord(signal_type=wanted, resolved=True, payload=sig.payload))
                         break
             record.updated_at = ts
         case ev.ExecutionCompleted(payload=p):
@@ -134,9 +146,10 @@ def apply(record: ExecutionRecord | None, event: ev.Event) -> ExecutionRecord:
             record.pending_signals = []
             record.updated_at = ts
         case ev.ExecutionReset():
+            # Pending signals survive a reset (DESIGN §8: a signal always reaches the waiting
+            # handler), unlike the original, which dropped them.
             record.status = ExecutionStatus.PENDING
-            record.blocked_reason = record.blocked_ref = ""
-            record.pending_signals = []
+            record.blocked_reason = record.blocked_ref = record.blocked_key = ""
             record.session = None
             record.updated_at = ts
         case ev.StepCreated(payload=p):

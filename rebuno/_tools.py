@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import keyword
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
@@ -62,7 +63,7 @@ def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     """
     fields: dict[str, Any] = {}
     for name, p in inspect.signature(fn).parameters.items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "self":
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in ("self", "cls"):
             continue
         annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
         fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
@@ -182,8 +183,8 @@ def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
     required = set(schema.get("required") or [])
     params = []
     for pname, prop in props.items():
-        if not pname.isidentifier():
-            continue
+        if not pname.isidentifier() or keyword.iskeyword(pname):
+            continue  # not expressible as a Python parameter; callers can still pass it via invoke_tool
         ann = _JSON_TYPES.get(prop.get("type") if isinstance(prop, dict) else None, Any)
         default = inspect.Parameter.empty if pname in required else (prop.get("default") if isinstance(prop, dict) else None)
         params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))

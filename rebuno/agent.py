@@ -61,7 +61,7 @@ class _Run:
         self.step_waiters: dict[str, asyncio.Future] = {}
         self.signal_payloads: dict[str, Any] = {}
         self.signal_waiters: dict[str, asyncio.Future] = {}
-        self.resumed_signals: dict[str, list[Any]] = {}
+        self.resumed_waits: dict[str, Any] = {}
         self.calls: dict[str, int] = {}
         self.task: asyncio.Task | None = None
         self.end_reason = ""
@@ -77,14 +77,13 @@ class _Run:
                 self._resolve_step(event)
             case ev.SignalReceived(payload=p):
                 self.signal_payloads[event.id] = p.payload
-            case ev.ExecutionResumed(payload=p) if p.reason.startswith(_SIGNAL_RESUME):
-                stype = p.reason[len(_SIGNAL_RESUME):]
-                payload = self.signal_payloads.get(event.causation_id)
-                fut = self.signal_waiters.pop(stype, None)
+            case ev.ExecutionResumed(payload=p) if p.reason.startswith(_SIGNAL_RESUME) and p.idempotency_key:
+                payload = self.signal_payloads.get(p.signal_id or event.causation_id)
+                fut = self.signal_waiters.pop(p.idempotency_key, None)
                 if fut is not None and not fut.done():
                     fut.set_result(payload)
                 else:
-                    self.resumed_signals.setdefault(stype, []).append(payload)
+                    self.resumed_waits[p.idempotency_key] = payload
             case ev.ExecutionCancelled() | ev.ExecutionFailed() | ev.ExecutionCompleted():
                 if self.task is not None and not self.task.done() and not self.end_reason:
                     self.end_reason = event.type
@@ -160,15 +159,17 @@ class _Run:
                 raise ToolError(f"tool {tool_id} was cancelled (step {step_id})", tool_id, step_id)
 
     async def wait_signal(self, signal_type: str, timeout: float | None = None) -> Any:
+        n = self.calls.get(f"wait:{signal_type}", 0) + 1
+        self.calls[f"wait:{signal_type}"] = n
+        key = f"{self.id}:wait:{signal_type}:{n}"  # deterministic: a re-run handler gets the same payload
         reply: api.IntentReply = await self.req.call("agent.intent", api.IntentRequest(
-            execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex,
-            intent=api.Wait(signal_type=signal_type)))
+            execution_id=self.id, session_id=self.session_id,
+            intent=api.Wait(signal_type=signal_type, idempotency_key=key)))
         if reply.signal_received:
             return reply.signal_payload
-        early = self.resumed_signals.get(signal_type)
-        if early:
-            return early.pop(0)
-        fut = self.signal_waiters.setdefault(signal_type, asyncio.get_running_loop().create_future())
+        if key in self.resumed_waits:  # the resuming signal's events arrived before this line
+            return self.resumed_waits.pop(key)
+        fut = self.signal_waiters.setdefault(key, asyncio.get_running_loop().create_future())
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:

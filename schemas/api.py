@@ -169,7 +169,11 @@ class Fail(msgspec.Struct, tag="fail", **_Q):
 
 
 class Wait(msgspec.Struct, tag="wait", **_Q):
+    """Wait for a signal. ``idempotency_key`` (default: the request's ``request_id``) makes the
+    wait durable: repeating a wait whose signal already arrived returns that signal's payload."""
+
     signal_type: SignalType
+    idempotency_key: Key = ""
 
 
 Intent = Union[InvokeTool, Complete, Fail, Wait]

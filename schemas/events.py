@@ -42,6 +42,7 @@ class ExecutionStartedPayload(msgspec.Struct, **_P):
 class ExecutionBlockedPayload(msgspec.Struct, **_P):
     reason: str
     ref: str
+    idempotency_key: str = ""
     tool_id: str = ""
     arguments: Any = None
     remote: bool = False
@@ -49,6 +50,15 @@ class ExecutionBlockedPayload(msgspec.Struct, **_P):
 
 class ReasonPayload(msgspec.Struct, **_P):
     reason: str
+
+
+class ExecutionResumedPayload(msgspec.Struct, **_P):
+    """``signal_id``: the ``signal.received`` event consumed by the wait; ``idempotency_key``:
+    the wait's key (both empty for approval decisions)."""
+
+    reason: str
+    signal_id: str = ""
+    idempotency_key: str = ""
 
 
 class ExecutionCompletedPayload(msgspec.Struct, **_P):
@@ -178,7 +188,7 @@ class ExecutionBlocked(_Event, tag="execution.blocked"):
 
 
 class ExecutionResumed(_Event, tag="execution.resumed"):
-    payload: ReasonPayload
+    payload: ExecutionResumedPayload
 
 
 class ExecutionCompleted(_Event, tag="execution.completed"):

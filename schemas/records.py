@@ -15,7 +15,7 @@ import msgspec
 
 __all__ = [
     "ExecutionStatus", "StepStatus", "TERMINAL_EXECUTION", "TERMINAL_STEP", "Session", "StepRecord",
-    "PendingSignal", "HistoryEntry", "ExecutionRecord", "Execution", "ExecutionSummary",
+    "PendingSignal", "WaitRecord", "HistoryEntry", "ExecutionRecord", "Execution", "ExecutionSummary",
     "ToolSchema", "ToolEntry", "RunnerRecord",
 ]
 
@@ -111,6 +111,14 @@ class PendingSignal(msgspec.Struct, **_R, frozen=True):
     payload: Any = None
 
 
+class WaitRecord(msgspec.Struct, **_R, frozen=True):
+    """A wait by idempotency key: the awaited type, and the payload once a signal resolved it."""
+
+    signal_type: str
+    resolved: bool = False
+    payload: Any = None
+
+
 class HistoryEntry(msgspec.Struct, **_R, frozen=True):
     """A step that reached a terminal status (``spec/events.md`` §4.7)."""
 
@@ -132,6 +140,8 @@ class ExecutionRecord(msgspec.Struct, **_R):
             is guarded with ``Nats-Expected-Last-Subject-Sequence: stream_seq``.
         request_keys: idempotency keys of recent mutating requests, oldest first
             (at most 256), with the id of the first event each caused.
+        waits: waits by idempotency key (at most 256, oldest dropped first): a repeated or
+            re-run wait whose signal already arrived gets the recorded payload (durable resume).
         batches: number of event batches folded in.
         batch_marks: ``(first sequence, stream sequence)`` of every 32nd batch, so a reader
             can start reading the log near a sequence instead of at its beginning.
@@ -153,6 +163,8 @@ class ExecutionRecord(msgspec.Struct, **_R):
     pending_signals: list[PendingSignal] = []
     blocked_reason: str = ""
     blocked_ref: str = ""
+    blocked_key: str = ""
+    waits: dict[str, WaitRecord] = {}
     history: list[HistoryEntry] = []
     request_keys: dict[str, str] = {}
     last_sequence: int = 0

@@ -428,18 +428,11 @@ def test_default_must_be_a_mapping() -> None:
     assert "'default' must be a mapping" in _error({"default": "deny"})
 
 
-@pytest.mark.xfail(reason="BUG: kernel/policy.py parse_policy rejects a spec-valid `default: {decision: "
-                          "require_approval}` as 'invalid decision' instead of saying it is not supported yet "
-                          "(as it does for rules)", strict=True)
 def test_require_approval_default_is_rejected_as_not_supported() -> None:
     msg = _error({"default": {"decision": "require_approval"}})
     assert "require_approval" in msg and "not supported" in msg
 
 
-@pytest.mark.xfail(reason="BUG: kernel/policy.py parse_policy silently ignores spec conditions it does not "
-                          "implement (arguments, schedule, min_step_count, min_duration_ms, rate_limit), so an "
-                          "allow rule restricted by them allows everything its other conditions match "
-                          "(fail-open); they must be rejected at load (or implemented)", strict=True)
 @pytest.mark.parametrize("extra", [
     {"when": {"tool_id": "shell_exec", "arguments": [{"field": "command", "pattern": "^ls"}]}},
     {"when": {"tool_id": "shell_exec", "schedule": "Sat 00:00-00:01 UTC"}},

@@ -13,7 +13,7 @@ import pytest
 from kernel import machine
 from kernel.errors import KernelError
 from kernel.machine import Decision, EventBuilder, Limits
-from kernel.policy import Policy, parse_policy, permissive
+from kernel.policy import Policy, PolicyDecision, PolicyInput, parse_policy, permissive
 from kernel.state import HISTORY_LIMIT, REQUEST_KEY_LIMIT, FoldError, apply, apply_batch
 from schemas import api, codec
 from schemas import events as ev
@@ -195,7 +195,7 @@ def test_full_log_types_and_record_round_trip() -> None:
 def test_event_builder_links_events_of_a_batch() -> None:
     b = EventBuilder(EID, 4, T0)
     e1 = b.add(ev.SignalReceived, ev.SignalReceivedPayload(signal_type="s"))
-    e2 = b.add(ev.ExecutionResumed, ev.ReasonPayload(reason="r"))
+    e2 = b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(reason="r"))
     e3 = b.add(ev.StepCancelled, ev.ReasonPayload(reason="x"), "step-9")
     assert b.events == [e1, e2, e3]
     assert [e.sequence for e in b.events] == [5, 6, 7]
@@ -388,7 +388,36 @@ def test_policy_denial_records_intent_denied_and_creates_no_step() -> None:
     assert types(x.invoke("calc").events) == ["intent.accepted", "step.created"]
 
 
-def test_policy_sees_agent_labels_and_step_count() -> None:
+class RecordingPolicy:
+    """Allows everything and keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.inputs: list[PolicyInput] = []
+
+    def evaluate(self, inp: PolicyInput) -> PolicyDecision:
+        self.inputs.append(inp)
+        return PolicyDecision("allow", "recording")
+
+
+def test_policy_input_carries_the_execution_facts() -> None:
+    policy = RecordingPolicy()
+    x = Harness(policy=policy, labels={"env": "prod"})  # type: ignore[arg-type]
+    x.claim()
+    first = x.invoke("calc", key="k1").reply.step_id
+    x.step_result(first, data=1)
+    x.invoke("calc", key="k1")              # an idempotent repeat is not evaluated again
+    x.invoke("search", {"q": "cats"})
+    assert [i.tool_id for i in policy.inputs] == ["calc", "search"]
+    inp = policy.inputs[-1]
+    assert (inp.action, inp.agent_id, dict(inp.labels), inp.arguments) == (
+        "tool.invoke", AGENT, {"env": "prod"}, {"q": "cats"})
+    assert (policy.inputs[0].step_count, inp.step_count) == (0, 1)  # steps created before this proposal
+    created_at = x.rec.created_at
+    step_created = x.rec.steps[x.log[-1].step_id].created_at
+    assert inp.duration_ms == int((step_created - created_at).total_seconds() * 1000) > 0
+
+
+def test_policy_sees_the_agent_and_labels() -> None:
     policy = parse_policy({"rules": [{"id": "prod-only", "priority": 1,
                                       "when": {"agent_id": AGENT, "labels": {"env": "prod"}},
                                       "then": {"decision": "allow"}}]})
@@ -534,11 +563,14 @@ def test_signal_of_another_type_stays_pending(h: Harness) -> None:
 
 
 def test_signals_of_one_type_are_consumed_in_arrival_order(h: Harness) -> None:
-    h.signal("tick", 1)
-    h.signal("tick", 2)
-    assert h.intent(api.Wait(signal_type="tick")).reply.signal_payload == 1
-    assert h.intent(api.Wait(signal_type="tick")).reply.signal_payload == 2
-    assert h.rec.pending_signals == []
+    for payload in (1, 2, 3):
+        h.signal("tick", payload)
+        h.signal("tock", -payload)
+    for payload in (1, 2, 3):
+        d = h.intent(api.Wait(signal_type="tick"))
+        assert (d.reply.signal_received, d.reply.signal_payload) == (True, payload)
+        assert [s.payload for s in h.rec.pending_signals if s.signal_type == "tick"] == list(range(payload + 1, 4))
+    assert [s.payload for s in h.rec.pending_signals] == [-1, -2, -3]
 
 
 def test_signal_repeat_with_the_same_request_id_counts_once(h: Harness) -> None:
@@ -944,9 +976,6 @@ def test_step_dispatched_never_revives_a_terminal_step(h: Harness) -> None:
 
 
 # ---------------------------------------------------------------- known bugs --
-@pytest.mark.xfail(reason="BUG: kernel/machine.py intent() answers a repeated `wait` (same request_id) with "
-                          "IntentReply(signal_received=True) but no signal_payload, so a retried wait whose first "
-                          "copy consumed a signal hands the handler None instead of the payload", strict=True)
 @pytest.mark.parametrize("signal_first", [True, False], ids=["signal-before-wait", "signal-while-blocked"])
 def test_repeated_wait_returns_the_consumed_signal_payload(h: Harness, signal_first: bool) -> None:
     if signal_first:
@@ -960,3 +989,36 @@ def test_repeated_wait_returns_the_consumed_signal_payload(h: Harness, signal_fi
     again = h.intent(api.Wait(signal_type="go"), request_id="wait-1")
     assert again.events == []
     assert (again.reply.signal_received, again.reply.signal_payload) == (True, {"v": 1})
+
+
+# ------------------------------------------------------- durable waits (DESIGN §8) --
+def test_wait_key_makes_a_resolved_wait_durable_across_a_reclaim(h: Harness) -> None:
+    h.intent(api.Wait(signal_type="go", idempotency_key="w1"))
+    assert h.rec.status is ExecutionStatus.BLOCKED and h.rec.blocked_key == "w1"
+    h.signal("go", {"v": 1})
+    assert h.rec.status is ExecutionStatus.RUNNING
+    assert h.rec.waits["w1"].resolved and h.rec.waits["w1"].payload == {"v": 1}
+    h.claim(consumer="c2", delivery=2)  # lease lapsed: a new instance re-runs the handler
+    again = h.intent(api.Wait(signal_type="go", idempotency_key="w1"))
+    assert again.events == []
+    assert (again.reply.signal_received, again.reply.signal_payload) == (True, {"v": 1})
+    nxt = h.intent(api.Wait(signal_type="go", idempotency_key="w2"))  # the next wait really waits
+    assert types(nxt.events) == ["intent.accepted", "execution.blocked"]
+
+
+def test_pending_signal_survives_a_reset_and_reaches_the_next_session(h: Harness) -> None:
+    h.signal("go", {"early": True})
+    h.claim(consumer="c2", delivery=2)
+    assert [s.signal_type for s in h.rec.pending_signals] == ["go"]
+    d = h.intent(api.Wait(signal_type="go", idempotency_key="w1"))
+    assert (d.reply.signal_received, d.reply.signal_payload) == (True, {"early": True})
+    resumed = d.events[-1]
+    assert resumed.type == "execution.resumed" and resumed.payload.signal_id and h.rec.pending_signals == []
+
+
+def test_signal_resumes_by_id_and_records_the_wait(h: Harness) -> None:
+    h.intent(api.Wait(signal_type="go", idempotency_key="w1"))
+    d = h.signal("go", 42)
+    sig, resumed = d.events
+    assert resumed.payload.signal_id == sig.id and resumed.payload.idempotency_key == "w1"
+    assert resumed.causation_id == sig.id
