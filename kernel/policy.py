@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 __all__ = ["PolicyInput", "PolicyDecision", "Rule", "Policy", "PolicyError", "load_policy", "parse_policy",
-           "permissive", "glob_match", "DECISIONS"]
+           "permissive", "secure_default", "glob_match", "DECISIONS"]
 
 DECISIONS = ("allow", "deny")
 _NOT_YET = ("arguments", "schedule", "min_step_count", "min_duration_ms")
@@ -151,9 +151,16 @@ class Policy:
 
     def describe(self) -> str:
         """One line for banners and logs: the file and its rule count, or the permissive mode."""
-        if not self.rules and self.default.rule_id == "permissive-default":
+        if not self.rules and self.default.rule_id in ("permissive-default", "secure-default"):
             return self.source
         return f"{self.source} ({len(self.rules)} rules loaded)"
+
+
+def secure_default() -> Policy:
+    """The engine of a kernel started without a policy outside dev mode: every tool call denied
+    (``spec/policy.md`` §1)."""
+    return Policy((), PolicyDecision("deny", "secure-default", "No policy engine configured"),
+                  "secure default (every tool call denied)")
 
 
 def permissive() -> Policy:

@@ -84,12 +84,13 @@ def _event_line(e) -> str:
 
 # ------------------------------------------------------------------ servers --
 def _load_policy(path: str | None, *, dev: bool):
-    from kernel.policy import PolicyError, load_policy, permissive
+    from kernel.policy import PolicyError, load_policy, permissive, secure_default
 
     if not path:
         if dev:
             return permissive()
-        raise SystemExit("rebuno kernel: --policy is required outside `rebuno dev` (no policy would deny every tool)")
+        print("rebuno kernel: no --policy given: every tool call will be denied (secure default)", file=sys.stderr)
+        return secure_default()
     try:
         return load_policy(path)
     except PolicyError as exc:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kernel.policy import (
-    PolicyDecision, PolicyError, PolicyInput, glob_match, load_policy, parse_policy, permissive,
+    PolicyDecision, PolicyError, PolicyInput, glob_match, load_policy, parse_policy, permissive, secure_default,
 )
 
 
@@ -523,8 +523,9 @@ def test_load_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 # ------------------------------------------------------ spec conformance vectors --
 def _spec_file(name: str) -> Path | None:
+    """The vectors copied into tests/data (so CI always runs them), else the shared spec beside the repo."""
     here = Path(__file__).resolve()
-    for base in (here.parents[3] / "shared" / "spec", Path("/work/shared/spec")):
+    for base in (here.parents[1] / "data", here.parents[3] / "shared" / "spec"):
         if (base / name).is_file():
             return base / name
     return None
@@ -542,9 +543,7 @@ def unsupported_feature(vector: dict) -> str | None:
     mode = vector.get("mode", "file")
     if mode == "directory":
         return "directory policies (mode: directory)"
-    if mode == "none-server":
-        return "secure-default engine of `rebuno server` without a policy (mode: none-server)"
-    if mode not in ("file", "none-dev"):
+    if mode not in ("file", "none-dev", "none-server"):
         return f"mode {mode!r}"
     inp = vector.get("input") or {}
     if inp.get("action", "tool.invoke") != "tool.invoke":
@@ -586,7 +585,8 @@ def _vector_params() -> list:
 @pytest.mark.parametrize("vector", _vector_params())
 def test_policy_vector(vector: dict) -> None:
     mode = vector.get("mode", "file")
-    policy = permissive() if mode == "none-dev" else parse_policy(vector.get("policy"), f"vector:{vector['name']}")
+    policy = (permissive() if mode == "none-dev" else secure_default() if mode == "none-server"
+              else parse_policy(vector.get("policy"), f"vector:{vector['name']}"))
     inp = vector["input"]
     d = policy.evaluate(PolicyInput(
         tool_id=inp.get("tool_id", ""), agent_id=inp.get("agent_id", ""), labels=inp.get("labels") or {},
@@ -611,6 +611,6 @@ def test_policy_vectors_coverage() -> None:
     # the supported subset of the language is exercised by a meaningful number of vectors
     assert len(_RUNNABLE) >= 25
     modes = {v.get("mode", "file") for v in _RUNNABLE}
-    assert modes == {"file", "none-dev"}
+    assert modes == {"file", "none-dev", "none-server"}
     assert {v["expect"]["decision"] for v in _RUNNABLE} == {"allow", "deny"}
     assert any("timeout_ms" in v["expect"] for v in _RUNNABLE)
