@@ -287,11 +287,8 @@ def step_result(rec: ExecutionRecord, req: api.StepResult, now: datetime) -> Dec
     if step.remote:
         raise KernelError("VALIDATION_ERROR", f"step {step.id} is remote; its runner reports the result")
     if not step.active:
-        same = (step.status is StepStatus.SUCCEEDED) == req.success
-        if same and (not req.success or step.result == req.data):
-            return Decision([], api.Ok())  # a retried report
-        raise KernelError("CONFLICT", f"step already resolved: step {step.id} is {step.status.value}",
-                          {"step_id": step.id, "status": step.status.value})
+        succeeded = step.status is StepStatus.SUCCEEDED
+        return _repeat_of_outcome(step, (succeeded and step.result == req.data) if req.success else not succeeded)
     if rec.terminal:
         raise _terminal_error(rec)
     b = _builder(rec, now)
@@ -300,6 +297,15 @@ def step_result(rec: ExecutionRecord, req: api.StepResult, now: datetime) -> Dec
     else:
         b.add(ev.StepFailed, ev.StepFailedPayload(error=req.error or "tool failed", retryable=False), step.id)
     return Decision(b.events, api.Ok())
+
+
+def _repeat_of_outcome(step: StepRecord, same: bool) -> Decision:
+    """A report for a finished step: a retried copy of the recorded outcome is answered Ok
+    (requests are retried when a reply is lost); anything else is a conflict."""
+    if same:
+        return Decision([], api.Ok())
+    raise KernelError("CONFLICT", f"step already resolved: step {step.id} is {step.status.value}",
+                      {"step_id": step.id, "status": step.status.value})
 
 
 # ---------------------------------------------------------------- signal --
@@ -369,10 +375,7 @@ def runner_result(rec: ExecutionRecord, req: api.RunnerResult, now: datetime, *,
     if step.job_id != req.job_id and step.active:
         raise KernelError("CONFLICT", f"stale job {req.job_id} for step {step.id}", {"job_id": req.job_id})
     if not step.active:
-        if step.job_id == req.job_id and (step.status is StepStatus.SUCCEEDED) == req.success:
-            return Decision([], api.Ok())
-        raise KernelError("CONFLICT", f"step already resolved: step {step.id} is {step.status.value}",
-                          {"step_id": step.id, "status": step.status.value})
+        return _repeat_of_outcome(step, step.job_id == req.job_id and (step.status is StepStatus.SUCCEEDED) == req.success)
     if rec.terminal:
         raise _terminal_error(rec)
     b = _builder(rec, now)

@@ -139,7 +139,7 @@ async def run_demo(path: str, keep_logs: bool = False) -> int:
     from schemas import Names
     import yaml
 
-    print(f"Starting an embedded NATS server with JetStream, a kernel, a filesystem runner and an agent…")
+    print("Starting an embedded NATS server with JetStream, a kernel, a filesystem runner and an agent…")
     server = EmbeddedServer().start()
     runner_proc = None
     nc = None

@@ -16,9 +16,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ._connection import backoff_delay
+from schemas.subjects import Names
 
-__all__ = ["WorkLoop", "keep_lease", "install_signal_handlers", "DEFAULT_LEASE_S"]
+from ._config import Settings
+from ._connection import Requester, backoff_delay, connect
+from .errors import ClientClosedError
+
+__all__ = ["WorkLoop", "WorkerInstance", "keep_lease", "install_signal_handlers", "DEFAULT_LEASE_S"]
 
 DEFAULT_LEASE_S = 30.0
 """Ack wait of notices and jobs: an instance silent this long loses its work (seconds)."""
@@ -140,3 +144,61 @@ class WorkLoop:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+
+
+class WorkerInstance:
+    """What an Agent and a Runner instance share: connect (retrying with backoff), pull from
+    their work queue until stopped, then hand unfinished work back and disconnect."""
+
+    settings: Settings
+    names: Names
+    consumer_id: str
+    max_concurrency: int
+    reconnect_delay: float
+    max_reconnect_delay: float
+    request_timeout: float
+    lease: float
+    log: structlog.BoundLogger
+    _stop: asyncio.Event
+    _nc: NATS | None
+    _requester: Requester | None
+    ready: asyncio.Event
+
+    async def _handle(self, msg: Msg) -> None:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    async def _on_connected(self) -> list[asyncio.Task]:
+        """Work to do once connected; returns background tasks to cancel at shutdown."""
+        return []
+
+    async def _on_stopped(self) -> None:
+        """Cleanup after the work loop ended."""
+
+    async def _serve(self, kind: str, *, stream: str, durable: str, subject: str) -> None:
+        self._stop = asyncio.Event() if self._stop.is_set() else self._stop
+        remove_handlers = install_signal_handlers(self._stop)
+        try:
+            self._nc = await connect(self.settings, f"rebuno-{kind} {self.consumer_id}",
+                                     reconnect_delay=self.reconnect_delay,
+                                     max_reconnect_delay=self.max_reconnect_delay, retry_initial=True, stop=self._stop)
+        except ClientClosedError:
+            remove_handlers()
+            return
+        self._requester = Requester(self._nc, self.names, timeout=self.request_timeout)
+        background = await self._on_connected()
+        loop = WorkLoop(self._nc, stream=stream, durable=durable, filter_subject=subject, handle=self._handle,
+                        max_concurrency=self.max_concurrency, lease=self.lease,
+                        reconnect_delay=self.reconnect_delay, max_reconnect_delay=self.max_reconnect_delay,
+                        log=self.log)
+        try:
+            await loop.run(self._stop)
+        finally:
+            for task in background:
+                task.cancel()
+            await loop.drain(grace=5.0)
+            remove_handlers()
+            await self._on_stopped()
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self.ready.clear()
+            self.log.info(f"{kind} instance stopped")

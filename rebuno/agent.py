@@ -31,12 +31,12 @@ from schemas.subjects import Names
 from . import remote as _remote
 from ._binding import InputBinder
 from ._config import Settings
-from ._connection import Requester, connect
+from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
 from ._logging import configure_logging
 from ._tools import call_body, get_tool, jsonable as _jsonable
-from ._worker import DEFAULT_LEASE_S, WorkLoop, install_signal_handlers, keep_lease
+from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
 from .errors import (
     ClientClosedError, ConflictError, NotFoundError, PolicyError, RebunoError, ToolError, UnauthorizedError,
 )
@@ -227,7 +227,7 @@ class _Run:
             self.log.warning("could not record the failure", error=str(exc))
 
 
-class Agent:
+class Agent(WorkerInstance):
     """Serve executions of one ``agent_id`` with a handler.
 
     Args:
@@ -289,34 +289,18 @@ class Agent:
         """
         configure_logging()
         self._binder = InputBinder(handler)
-        self._stop = asyncio.Event() if self._stop.is_set() else self._stop
-        remove_handlers = install_signal_handlers(self._stop)
-        try:
-            self._nc = await connect(self.settings, f"rebuno-agent {self.consumer_id}",
-                                     reconnect_delay=self.reconnect_delay,
-                                     max_reconnect_delay=self.max_reconnect_delay, retry_initial=True, stop=self._stop)
-        except ClientClosedError:
-            remove_handlers()
-            return
-        self._requester = Requester(self._nc, self.names, timeout=self.request_timeout)
+        await self._serve("agent", stream=self.names.assign_stream, durable=self.names.agent_consumer(self.agent_id),
+                          subject=self.names.assign(self.agent_id))
+
+    async def _on_connected(self) -> list[asyncio.Task]:
+        assert self._requester is not None
         await _remote.connect_all(self._requester, self.log)
-        loop = WorkLoop(self._nc, stream=self.names.assign_stream, durable=self.names.agent_consumer(self.agent_id),
-                        filter_subject=self.names.assign(self.agent_id), handle=self._handle,
-                        max_concurrency=self.max_concurrency, lease=self.lease,
-                        reconnect_delay=self.reconnect_delay, max_reconnect_delay=self.max_reconnect_delay,
-                        log=self.log)
         self.log.info("agent instance started", url=self.settings.url, max_concurrency=self.max_concurrency)
         self.ready.set()
-        try:
-            await loop.run(self._stop)
-        finally:
-            await loop.drain(grace=5.0)
-            remove_handlers()
-            await _remote.disconnect_all()
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
-            self.ready.clear()
-            self.log.info("agent instance stopped")
+        return []
+
+    async def _on_stopped(self) -> None:
+        await _remote.disconnect_all()
 
     async def _handle(self, msg: Msg) -> None:
         """One assignment notice: claim, run, acknowledge (or hand over)."""

@@ -29,19 +29,19 @@ from schemas.ids import validate_token_id
 from schemas.subjects import Names
 
 from ._config import Settings
-from ._connection import Requester, connect
+from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
 from ._logging import configure_logging
 from ._tools import ToolSpec, call_body, jsonable as _jsonable, registry
-from ._worker import DEFAULT_LEASE_S, WorkLoop, install_signal_handlers, keep_lease
-from .errors import ClientClosedError, RebunoError
+from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
+from .errors import RebunoError
 from .mcp import MCPServer
 
 __all__ = ["Runner"]
 
 
-class Runner:
+class Runner(WorkerInstance):
     """Serve ``@tool`` functions of this process as remote tools.
 
     Args:
@@ -125,32 +125,11 @@ class Runner:
         """
         configure_logging()
         self._tools = self._resolve_tools()
-        self._stop = asyncio.Event() if self._stop.is_set() else self._stop
-        remove_handlers = install_signal_handlers(self._stop)
-        try:
-            self._nc = await connect(self.settings, f"rebuno-runner {self.consumer_id}",
-                                     reconnect_delay=self.reconnect_delay,
-                                     max_reconnect_delay=self.max_reconnect_delay, retry_initial=True, stop=self._stop)
-        except ClientClosedError:
-            remove_handlers()
-            return
-        self._requester = Requester(self._nc, self.names, timeout=self.request_timeout)
-        heartbeat = asyncio.create_task(self._heartbeat())
-        loop = WorkLoop(self._nc, stream=self.names.jobs_stream, durable=self.names.runner_consumer(self.runner_id),
-                        filter_subject=self.names.jobs(self.runner_id), handle=self._handle,
-                        max_concurrency=self.max_concurrency, lease=self.lease,
-                        reconnect_delay=self.reconnect_delay, max_reconnect_delay=self.max_reconnect_delay,
-                        log=self.log)
-        try:
-            await loop.run(self._stop)
-        finally:
-            heartbeat.cancel()
-            await loop.drain(grace=5.0)
-            remove_handlers()
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
-            self.ready.clear()
-            self.log.info("runner instance stopped")
+        await self._serve("runner", stream=self.names.jobs_stream, durable=self.names.runner_consumer(self.runner_id),
+                          subject=self.names.jobs(self.runner_id))
+
+    async def _on_connected(self) -> list[asyncio.Task]:
+        return [asyncio.create_task(self._heartbeat())]
 
     async def _register(self) -> None:
         assert self._requester is not None
