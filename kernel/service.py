@@ -216,8 +216,12 @@ class Kernel:
             self._cache.popitem(last=False)
 
     async def _load(self, execution_id: str, *, fresh: bool = False) -> tuple[ExecutionRecord, int]:
-        """The record and its bucket revision: from cache, else the bucket, repaired from the
-        stream when the bucket has none (a create whose record write was lost).
+        """The record and its bucket revision.
+
+        Not ``fresh``: this replica's cached copy (its own writes; a stale copy is caught by
+        the append guard). ``fresh``: the bucket's record brought up to the event stream —
+        other replicas write records after replying, so only the stream is current
+        (DESIGN §3.4: the stream wins). Used before refusing a request or answering a read.
 
         Raises:
             KernelError: NOT_FOUND when neither the bucket nor the stream knows the id.
@@ -228,19 +232,27 @@ class Kernel:
                 await asyncio.shield(pending)
         cached = None if fresh else self._cache.get(execution_id)
         if cached is None:
-            stored = await self.store.get_record(execution_id)
-            if stored is None:
-                return await self._repair(execution_id)
-            cached = stored
-            self._remember(execution_id, *stored)
+            return await self._repair(execution_id)
         data, revision = cached
         return codec.RECORD_DECODER.decode(data), revision
 
-    async def _repair(self, execution_id: str) -> tuple[ExecutionRecord, int]:
-        """Bring the record up to the stream (DESIGN §3.4: the stream wins) and store it."""
+    async def _stored(self, execution_id: str) -> tuple[ExecutionRecord | None, int]:
+        """The bucket's record and revision; an undecodable value counts as missing (it is
+        rebuilt from the stream) rather than breaking every read of the execution."""
         stored = await self.store.get_record(execution_id)
-        rec = codec.RECORD_DECODER.decode(stored[0]) if stored else None
-        revision = stored[1] if stored else 0
+        if stored is None:
+            return None, 0
+        try:
+            return codec.RECORD_DECODER.decode(stored[0]), stored[1]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.log.error("undecodable execution record; rebuilding it from the stream",
+                           execution_id=execution_id, error=str(exc))
+            return None, stored[1]
+
+    async def _repair(self, execution_id: str) -> tuple[ExecutionRecord, int]:
+        """Bring the record up to the stream (DESIGN §3.4: the stream wins) and store it if it
+        was behind."""
+        rec, revision = await self._stored(execution_id)
         changed = False
         async for seq, batch in self.store.batches(execution_id, rec.stream_seq if rec else 0):
             rec = apply_batch(rec, batch, seq)
@@ -262,15 +274,11 @@ class Kernel:
                 self._remember(execution_id, data, revision)
                 return revision
             except nats.js.errors.KeyWrongLastSequenceError:
-                stored = await self.store.get_record(execution_id)
-                if stored is None:
-                    revision = 0
-                    continue
-                other = codec.RECORD_DECODER.decode(stored[0])
-                if other.stream_seq >= rec.stream_seq:
-                    self._remember(execution_id, *stored)
-                    return stored[1]
-                revision = stored[1]
+                other, other_revision = await self._stored(execution_id)
+                if other is not None and other.stream_seq >= rec.stream_seq:
+                    self._cache.pop(execution_id, None)  # theirs is as far along: read it next time
+                    return other_revision
+                revision = other_revision
         raise KernelError("SERVICE_UNAVAILABLE", f"could not store record of execution {execution_id}")
 
     def _save_later(self, execution_id: str, rec: ExecutionRecord, revision: int) -> None:
@@ -374,8 +382,6 @@ class Kernel:
     async def _get(self, req: api.GetExecution) -> tuple[Any, bool]:
         """The record, brought up to the stream: a reader who saw an event must see its effect."""
         rec, _ = await self._load(req.execution_id, fresh=True)
-        async for seq, batch in self.store.batches(req.execution_id, rec.stream_seq):
-            apply_batch(rec, batch, seq)
         return rec.view(), False
 
     async def _list(self, req: api.ListExecutions) -> tuple[Any, bool]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
+import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -71,7 +72,7 @@ async def ensure_resources(js: JetStreamContext, names: Names, config: KernelCon
             buckets[role] = await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             buckets[role] = await js.create_key_value(KeyValueConfig(
-                bucket=bucket, history=1, replicas=r, storage=StorageType.FILE, direct=True,
+                bucket=bucket, history=1, replicas=r, storage=StorageType.FILE, direct=r == 1,
                 description=f"Rebuno {role}"))
     return buckets
 
@@ -85,6 +86,9 @@ class Store:
         self.names = names
         self.config = config
         self.kv: dict[str, KeyValue] = {}
+        # Direct gets may be served by any replica, which can lag the leader: read-your-writes
+        # needs the leader as soon as there is more than one.
+        self.direct = config.replicas == 1
 
     async def start(self) -> None:
         self.kv = await ensure_resources(self.js, self.names, self.config)
@@ -115,7 +119,8 @@ class Store:
         seq = after_stream_seq + 1
         while True:
             try:
-                msg = await self.js.get_msg(self.names.events_stream, seq=seq, subject=subject, next=True, direct=True)
+                msg = await self.js.get_msg(self.names.events_stream, seq=seq, subject=subject, next=True,
+                                            direct=self.direct)
             except nats.js.errors.NotFoundError:
                 return
             yield msg.seq, codec.decode_batch(msg.data)
@@ -124,7 +129,8 @@ class Store:
     async def last_stream_seq(self, execution_id: str) -> int:
         """Stream sequence of the execution's newest batch, 0 when it has none."""
         try:
-            msg = await self.js.get_msg(self.names.events_stream, subject=self.names.events(execution_id), direct=True)
+            msg = await self.js.get_msg(self.names.events_stream, subject=self.names.events(execution_id),
+                                        direct=self.direct)
         except nats.js.errors.NotFoundError:
             return 0
         return msg.seq
@@ -159,7 +165,10 @@ class Store:
                 if entry is None:
                     break
                 if entry.value:
-                    out.append(codec.RECORD_DECODER.decode(entry.value))
+                    try:
+                        out.append(codec.RECORD_DECODER.decode(entry.value))
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue  # rebuilt from the stream when the execution is next touched
         finally:
             await watcher.stop()
         return out

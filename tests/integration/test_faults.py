@@ -158,3 +158,36 @@ async def _tools(client, tool_id: str) -> bool:
 
 
 _ = execution
+
+
+async def test_two_kernel_processes_serve_parallel_calls(cluster: Cluster, tmp_path: Path) -> None:
+    """Kernel replicas in separate processes, requests spread over both: a replica must never
+    refuse a request on a record another replica has not finished writing (the stream wins)."""
+    await cluster.stop_kernel(cluster.kernels[0][0])
+    kernels = [spawn("-m", "rebuno.cli", "kernel", "--nats", cluster.url, "--policy", str(_allow_all(tmp_path)))
+               for _ in range(2)]
+
+    @tool("fault.double")
+    async def double(n: int) -> int:
+        return 2 * n
+
+    async def handler(k: int) -> list[int]:
+        return list(await asyncio.gather(*(double(k + i) for i in range(6))))
+
+    try:
+        client = cluster.client(timeout=5.0)
+        for _ in range(100):  # wait for both replicas to serve
+            try:
+                await client.health()
+                break
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.1)
+        await cluster.agent("parallel-agent", handler, max_concurrency=8)
+        finals = await asyncio.wait_for(asyncio.gather(
+            *(client.run_until_complete("parallel-agent", {"k": k}) for k in range(40))), 60)
+        for k, f in enumerate(finals):
+            assert f.status is ExecutionStatus.COMPLETED, (f.id, f.error)
+            assert f.output == [2 * (k + i) for i in range(6)]
+    finally:
+        for k in kernels:
+            kill(k)

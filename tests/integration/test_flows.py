@@ -298,7 +298,7 @@ async def test_two_kernel_replicas_serve_one_workload(cluster: Cluster) -> None:
 
     await cluster.agent("replicated", handler, max_concurrency=8)
     client = cluster.client()
-    finals = await asyncio.gather(*(client.run_until_complete("replicated", {"k": k}) for k in range(10)))
+    finals = await asyncio.gather(*(client.run_until_complete("replicated", {"k": k}) for k in range(24)))
     for k, f in enumerate(finals):
         assert f.status is ExecutionStatus.COMPLETED, f.error
         assert f.output == {"total": 3 * k + 3, "parallel": [k + 1] * 3}
