@@ -24,6 +24,9 @@ __all__ = ["PolicyInput", "PolicyDecision", "Rule", "Policy", "PolicyError", "lo
 
 DECISIONS = ("allow", "deny")
 _NOT_YET = ("arguments", "schedule", "min_step_count", "min_duration_ms")
+_RULE_KEYS = {"id", "priority", "when", "then", "description"}
+_WHEN_KEYS = {"action", "tool_id", "tool_ids", "agent_id", "agent_ids", "labels"}
+_THEN_KEYS = {"decision", "reason", "timeout_ms"}
 _TOOL_ACTION = "tool.invoke"
 
 
@@ -230,12 +233,18 @@ def parse_policy(doc: Any, source: str = "<memory>") -> Policy:
         when = raw.get("when") or {}
         if not isinstance(when, dict):
             raise PolicyError(f"{where}: 'when' must be a mapping")
-        # Fail closed: a condition this engine cannot check must not be ignored (that would widen the rule).
+        # Fail closed: a condition this engine cannot check, or a misspelled one, must not be
+        # ignored — that would silently widen the rule (the original ignored unknown keys).
         for key in _NOT_YET:
             if key in when:
                 raise PolicyError(f'{where}: condition "{key}" is not supported by this kernel yet')
         if "rate_limit" in raw:
             raise PolicyError(f'{where}: "rate_limit" is not supported by this kernel yet')
+        for keys, allowed, what in ((when, _WHEN_KEYS, "condition"), (raw, _RULE_KEYS, "rule field"),
+                                    (then, _THEN_KEYS, "'then' field")):
+            unknown = sorted(str(k) for k in keys if k not in allowed)
+            if unknown:
+                raise PolicyError(f"{where}: unknown {what}(s) {unknown}; expected one of {sorted(allowed)}")
         labels = when.get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise PolicyError(f"{where}: when.labels must map strings to strings")

@@ -4,10 +4,40 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Settings", "DEFAULT_URL"]
+__all__ = ["Settings", "DEFAULT_URL", "redact_url", "split_credentials"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def redact_url(url: str) -> str:
+    """``url`` (comma-separated list allowed) with any user, password or token replaced by ``***``."""
+    out = []
+    for part in url.split(","):
+        u = urlsplit(part.strip())
+        host = u.hostname or ""
+        if u.username or u.password:
+            host = "***@" + host + (f":{u.port}" if u.port else "")
+            part = urlunsplit((u.scheme, host, u.path, u.query, u.fragment))
+        out.append(part.strip())
+    return ",".join(out)
+
+
+def split_credentials(url: str) -> tuple[list[str], str, str, str]:
+    """Servers without credentials, and (user, password, token) taken from the first URL that
+    has any — given to the client explicitly, they also apply to servers the cluster announces."""
+    servers, user, password, token = [], "", "", ""
+    for part in (p.strip() for p in url.split(",") if p.strip()):
+        u = urlsplit(part)
+        if (u.username or u.password) and not (user or token):
+            if u.password is None:
+                token = u.username or ""
+            else:
+                user, password = u.username or "", u.password
+        host = (u.hostname or "") + (f":{u.port}" if u.port else "")
+        servers.append(urlunsplit((u.scheme, host, u.path, u.query, u.fragment)))
+    return servers, user, password, token
 
 
 @dataclass(frozen=True, slots=True)

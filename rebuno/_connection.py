@@ -23,7 +23,7 @@ from schemas import codec
 from schemas.api import Error
 from schemas.subjects import HEADER_TYPE, Names
 
-from ._config import Settings
+from ._config import Settings, redact_url, split_credentials
 from .errors import (
     ClientClosedError, NetworkError, RebunoError, RequestTimeoutError, ServiceUnavailableError, ValidationError,
     error_from_reply,
@@ -90,21 +90,28 @@ async def connect(settings: Settings, name: str, *, reconnect_delay: float = 2.0
         NetworkError: the broker is unreachable and ``retry_initial`` is False.
     """
     failures = 0
+    servers, user, password, token = split_credentials(settings.url)
+    shown = redact_url(settings.url)
     while True:
         try:
-            return await nats.connect(
-                servers=[s.strip() for s in settings.url.split(",") if s.strip()],
-                name=name, token=settings.api_key or None, user_credentials=settings.creds_file or None,
-                tls=_tls_context(settings), allow_reconnect=True, max_reconnect_attempts=-1,
-                reconnect_time_wait=reconnect_delay, connect_timeout=5, error_cb=_log_error,
+            # One pass over the servers for the first connect (nats-py would otherwise retry
+            # forever and ignore signals); once connected, reconnect forever.
+            nc = await nats.connect(
+                servers=servers, name=name, user=user or None, password=password or None,
+                token=settings.api_key or token or None, user_credentials=settings.creds_file or None,
+                tls=_tls_context(settings), allow_reconnect=True, max_reconnect_attempts=1,
+                reconnect_time_wait=min(reconnect_delay, 1.0), connect_timeout=5, error_cb=_log_error,
             )
+            nc.options["max_reconnect_attempts"] = -1
+            nc.options["reconnect_time_wait"] = reconnect_delay
+            return nc
         except Exception as exc:  # noqa: BLE001 - translated below
             err = translate(exc)
             if not retry_initial:
-                raise NetworkError(f"cannot connect to {settings.url}: {err.message}") from exc
+                raise NetworkError(f"cannot connect to {shown}: {err.message}") from exc
             failures += 1
             delay = backoff_delay(reconnect_delay, failures, max_reconnect_delay)
-            log.warning("broker unreachable, retrying", url=settings.url, error=err.message, retry_in_s=round(delay, 2))
+            log.warning("broker unreachable, retrying", url=shown, error=err.message, retry_in_s=round(delay, 2))
             if stop is None:
                 await asyncio.sleep(delay)
             else:

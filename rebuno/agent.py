@@ -30,7 +30,7 @@ from schemas.subjects import Names
 
 from . import remote as _remote
 from ._binding import InputBinder
-from ._config import Settings
+from ._config import Settings, redact_url
 from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
@@ -176,16 +176,23 @@ class _Run:
             raise RebunoError(f"Timed out waiting for signal: {signal_type}") from None
 
     async def complete(self, output: Any = None) -> None:
-        await self.req.call("agent.intent", api.IntentRequest(
-            execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex,
-            intent=api.Complete(output=_jsonable(output))))
-        self.end_reason = self.end_reason or "completed"
+        await self._finish("completed", api.Complete(output=_jsonable(output)))
 
     async def fail(self, error: str) -> None:
-        await self.req.call("agent.intent", api.IntentRequest(
-            execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex,
-            intent=api.Fail(error=(error or "failed")[:4096])))
-        self.end_reason = self.end_reason or "failed"
+        await self._finish("failed", api.Fail(error=(error or "failed")[:4096]))
+
+    async def _finish(self, reason: str, intent: Any) -> None:
+        """Submit the terminal intent. ``end_reason`` is set first, so the terminal event —
+        which can arrive before the reply — is not mistaken for an end from outside."""
+        if self.end_reason:
+            raise ConflictError(f"execution {self.id} already {self.end_reason}", "CONFLICT")
+        self.end_reason = reason
+        try:
+            await self.req.call("agent.intent", api.IntentRequest(
+                execution_id=self.id, session_id=self.session_id, request_id=uuid.uuid4().hex, intent=intent))
+        except BaseException:
+            self.end_reason = ""
+            raise
 
     # -- the handler ---------------------------------------------------------------------------
     async def run_handler(self, binder: InputBinder) -> None:
@@ -213,7 +220,12 @@ class _Run:
                 return
             if self.end_reason:
                 return  # the handler called execution.complete()/fail() itself
-            await self.complete(result)
+            try:
+                await self.complete(result)
+            except ConflictError as exc:
+                # e.g. the handler returned while tool calls it started were still running
+                self.log.error("the kernel refused to complete the execution", error=str(exc))
+                raise
             self.log.info("execution completed")
         finally:
             reset_state(token)
@@ -295,7 +307,7 @@ class Agent(WorkerInstance):
     async def _on_connected(self) -> list[asyncio.Task]:
         assert self._requester is not None
         await _remote.connect_all(self._requester, self.log)
-        self.log.info("agent instance started", url=self.settings.url, max_concurrency=self.max_concurrency)
+        self.log.info("agent instance started", url=redact_url(self.settings.url), max_concurrency=self.max_concurrency)
         self.ready.set()
         return []
 

@@ -167,6 +167,9 @@ def cmd_demo(args) -> int:
 
 # --------------------------------------------------------------- inspection --
 async def _with_client(args, fn) -> int:
+    from ._logging import configure_logging
+
+    configure_logging(os.environ.get("REBUNO_LOG_LEVEL", "warning"), "text")
     async with Client(args.url, args.api_key, prefix=args.prefix, timeout=args.timeout, max_retries=1) as client:
         await fn(client)
     return 0

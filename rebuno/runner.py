@@ -28,7 +28,7 @@ from schemas import events as ev
 from schemas.ids import validate_token_id
 from schemas.subjects import Names
 
-from ._config import Settings
+from ._config import Settings, redact_url
 from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
@@ -143,7 +143,7 @@ class Runner(WorkerInstance):
             try:
                 await self._register()
                 if not self.ready.is_set():
-                    self.log.info("runner registered", tools=sorted(self._tools), url=self.settings.url)
+                    self.log.info("runner registered", tools=sorted(self._tools), url=redact_url(self.settings.url))
                     self.ready.set()
                 failures = 0
                 delay = self.heartbeat_interval

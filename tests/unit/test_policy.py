@@ -278,9 +278,26 @@ def test_negative_and_omitted_priorities_sort_numerically() -> None:
     assert decide(doc).rule_id == "neg"
 
 
-def test_unknown_keys_are_ignored() -> None:
-    doc = {"version": 3, "rules": [{**rule("r", 1, {"tool_id": "t"}), "comment": "x"}], "extra": True}
+def test_unknown_top_level_keys_are_ignored() -> None:
+    doc = {"version": 3, "rules": [rule("r", 1, {"tool_id": "t"})], "extra": True}
     assert decide(doc, "t").rule_id == "r"
+
+
+@pytest.mark.parametrize("where, bad", [
+    ("when", {"tool_idz": "t"}),          # a misspelled condition would widen the rule
+    ("rule", {"comment": "x"}),
+    ("then", {"decison": "deny"}),
+])
+def test_unknown_rule_keys_fail_closed(where: str, bad: dict) -> None:
+    r = rule("r", 1, {"tool_id": "t"})
+    if where == "when":
+        r["when"] = {**r["when"], **bad}
+    elif where == "then":
+        r["then"] = {**r["then"], **bad}
+    else:
+        r.update(bad)
+    with pytest.raises(PolicyError, match=rf'rule "r": unknown .*{next(iter(bad))}'):
+        parse_policy({"rules": [r]}, "typo.yaml")
 
 
 def test_describe_names_source_and_rule_count() -> None:
