@@ -70,6 +70,10 @@ async def ensure_resources(js: JetStreamContext, names: Names, config: KernelCon
                          ("runners", names.runners_bucket)):
         try:
             buckets[role] = await js.key_value(bucket)
+            info = await js.stream_info(f"KV_{bucket}")
+            if (info.config.num_replicas or 1) != r:  # e.g. moved from one server to a cluster
+                info.config.num_replicas = r
+                await js.update_stream(info.config)
         except nats.js.errors.BucketNotFoundError:
             buckets[role] = await js.create_key_value(KeyValueConfig(
                 bucket=bucket, history=1, replicas=r, storage=StorageType.FILE, direct=r == 1,

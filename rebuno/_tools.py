@@ -23,8 +23,10 @@ from schemas.ids import validate_tool_id
 from schemas.records import ToolSchema
 
 from ._execution import current_state
+from .errors import ToolError
 
-__all__ = ["jsonable", "tool", "ToolSpec", "registry", "get_tool", "input_schema", "make_remote_callable", "call_body"]
+__all__ = ["jsonable", "tool", "ToolSpec", "registry", "get_tool", "input_schema", "input_model",
+           "make_remote_callable", "call_body", "run_tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +40,8 @@ class ToolSpec:
     remote: bool
     description: str
     schema: dict[str, Any]
+    model: type[pydantic.BaseModel] | None = None
+    """Validates arguments before the body runs (None: no parameters)."""
 
     def tool_schema(self) -> ToolSchema:
         return ToolSchema(id=self.id, description=self.description, input_schema=self.schema)
@@ -61,6 +65,16 @@ def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     ``Annotated[X, Field(description=...)]`` becomes the property's ``description``;
     parameters without a default are required; ``*args``/``**kwargs`` are ignored.
     """
+    model = input_model(fn)
+    if model is None:
+        return {"type": "object", "properties": {}}
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+def input_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel] | None:
+    """A pydantic model of a function's keyword arguments (None when it takes none)."""
     fields: dict[str, Any] = {}
     for name, p in inspect.signature(fn).parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in ("self", "cls"):
@@ -68,7 +82,7 @@ def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
         annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
         fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
     if not fields:
-        return {"type": "object", "properties": {}}
+        return None
     hints = {}
     try:
         hints = __import__("typing").get_type_hints(fn, include_extras=True)
@@ -78,10 +92,7 @@ def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
         if name in hints:
             fields[name] = (hints[name], fields[name][1])
     model_name = "".join(c if c.isalnum() else "_" for c in fn.__name__) + "Input"
-    model = pydantic.create_model(model_name, **fields)  # type: ignore[call-overload]
-    schema = model.model_json_schema()
-    schema.pop("title", None)
-    return schema
+    return pydantic.create_model(model_name, **fields)  # type: ignore[call-overload]
 
 
 def jsonable(value: Any) -> Any:
@@ -108,6 +119,25 @@ async def call_body(fn: Callable[..., Any], arguments: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+async def run_tool(spec: ToolSpec, arguments: Any) -> Any:
+    """Validate ``arguments`` against the tool's signature (types, ``Field`` bounds), then run
+    the body with the validated values.
+
+    Raises:
+        ToolError: invalid arguments (not retryable); the body never ran.
+    """
+    if spec.model is not None:
+        if arguments is not None and not isinstance(arguments, dict):
+            raise ToolError(f"arguments of tool {spec.id} must be an object, got {type(arguments).__name__}",
+                            spec.id)
+        try:
+            validated = spec.model.model_validate(arguments or {})
+        except pydantic.ValidationError as exc:
+            raise ToolError(f"invalid arguments for tool {spec.id}: {exc}", spec.id) from None
+        arguments = {name: getattr(validated, name) for name in type(validated).model_fields}
+    return await call_body(spec.fn, arguments)
 
 
 def _make_wrapper(spec: ToolSpec) -> Callable[..., Any]:
@@ -138,7 +168,12 @@ def _register(fn: Callable[..., Any], tool_id: str | None, remote: bool) -> Call
     if existing is not None and (existing.fn.__module__, existing.fn.__qualname__) != (fn.__module__, fn.__qualname__):
         raise ValueError(f"tool id {tid!r} is already registered by {existing.fn.__module__}.{existing.fn.__qualname__}; "
                          f"pick another id for {fn.__module__}.{fn.__qualname__}")
-    spec = ToolSpec(id=tid, fn=fn, remote=remote, description=inspect.getdoc(fn) or "", schema=input_schema(fn))
+    model = input_model(fn)
+    schema = {"type": "object", "properties": {}}
+    if model is not None:
+        schema = model.model_json_schema()
+        schema.pop("title", None)
+    spec = ToolSpec(id=tid, fn=fn, remote=remote, description=inspect.getdoc(fn) or "", schema=schema, model=model)
     _REGISTRY[tid] = spec
     return _make_wrapper(spec)
 

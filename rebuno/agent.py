@@ -35,7 +35,7 @@ from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
 from ._logging import configure_logging
-from ._tools import call_body, get_tool, jsonable as _jsonable
+from ._tools import call_body, get_tool, jsonable as _jsonable, run_tool
 from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
 from .errors import (
     ClientClosedError, ConflictError, NotFoundError, PolicyError, RebunoError, ToolError, UnauthorizedError,
@@ -112,10 +112,9 @@ class _Run:
     # -- execution.* backend ---------------------------------------------------------------
     async def invoke_tool(self, tool_id: str, arguments: Any, *, idempotency_key: str = "",
                           local_fn: Callable[..., Any] | None = None, force_remote: bool = False) -> Any:
-        if local_fn is None and not force_remote:
-            spec = get_tool(tool_id)
-            if spec is not None and not spec.remote:
-                local_fn = spec.fn
+        spec = get_tool(tool_id)
+        if local_fn is None and not force_remote and spec is not None and not spec.remote:
+            local_fn = spec.fn
         n = self.calls.get(tool_id, 0) + 1
         self.calls[tool_id] = n
         key = idempotency_key or f"{self.id}:{tool_id}:{n}"
@@ -133,7 +132,10 @@ class _Run:
             raise ToolError(reply.error or f"tool {tool_id} {reply.step_status}", tool_id, step_id)
         if not remote and reply.step_status == "pending":
             try:
-                result = _jsonable(await call_body(local_fn, arguments))  # type: ignore[arg-type]
+                if spec is not None and spec.fn is local_fn:
+                    result = _jsonable(await run_tool(spec, arguments))
+                else:
+                    result = _jsonable(await call_body(local_fn, arguments))  # type: ignore[arg-type]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported, then raised as ToolError

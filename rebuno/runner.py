@@ -33,7 +33,7 @@ from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
 from ._logging import configure_logging
-from ._tools import ToolSpec, call_body, jsonable as _jsonable, registry
+from ._tools import ToolSpec, jsonable as _jsonable, registry, run_tool
 from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
 from .errors import RebunoError
 from .mcp import MCPServer
@@ -224,7 +224,7 @@ class Runner(WorkerInstance):
             raise RuntimeError(f"No handler registered for tool '{job.tool_id}' on runner {self.runner_id}")
         token = set_state(ExecutionState(job.execution_id))
         try:
-            return _jsonable(await call_body(spec.fn, job.arguments))
+            return _jsonable(await run_tool(spec, job.arguments))
         finally:
             reset_state(token)
 

@@ -137,11 +137,11 @@ def serving_bodies(bodies: dict[str, Callable[..., Any]]):
     the test process can then hold the agent's ``remote=True`` stubs for the same ids
     (in production the agent and the runner are different processes).
     """
-    from rebuno._tools import _REGISTRY, ToolSpec, input_schema
+    from rebuno._tools import _REGISTRY, ToolSpec, input_model, input_schema
 
     saved = {tid: _REGISTRY.get(tid) for tid in bodies}
     for tid, fn in bodies.items():
-        _REGISTRY[tid] = ToolSpec(tid, fn, False, fn.__doc__ or "", input_schema(fn))
+        _REGISTRY[tid] = ToolSpec(tid, fn, False, fn.__doc__ or "", input_schema(fn), input_model(fn))
     try:
         yield
     finally:

@@ -150,3 +150,38 @@ async def test_cli_drives_a_live_kernel(cluster: Cluster) -> None:
     bad = await run("create", "cli-agent", "--input", "{nope", check=False)
     assert bad.returncode != 0 and "invalid --input JSON" in bad.stderr
     assert "OK kernel" in (await run("health")).stdout
+
+
+async def test_tool_arguments_are_validated_against_the_signature(cluster: Cluster) -> None:
+    ran = []
+
+    def bounded(n: Annotated[int, Field(ge=0, le=10)]) -> int:
+        ran.append(n)
+        return n * n
+
+    with serving_bodies({"sdk.bounded": bounded}):
+        await cluster.runner("bounded-runner", capabilities=["sdk.bounded"])
+
+    @tool("sdk.local_bounded")
+    def local_bounded(n: Annotated[int, Field(ge=0, le=10)]) -> int:
+        ran.append(-n)
+        return n
+
+    async def handler(n: int) -> dict:
+        out: dict[str, Any] = {}
+        for name, call in (("remote", lambda: execution.invoke_tool("sdk.bounded", {"n": n})),
+                           ("remote_str", lambda: execution.invoke_tool("sdk.bounded", {"n": "3"})),
+                           ("local", lambda: local_bounded(n))):
+            try:
+                out[name] = await call()
+            except Exception as exc:  # noqa: BLE001
+                out[name] = f"{type(exc).__name__}: {exc}"
+        return out
+
+    await cluster.agent("bounded-agent", handler)
+    final = await cluster.client().run_until_complete("bounded-agent", {"n": 11})
+    assert final.output["remote"].startswith("ToolError: invalid arguments for tool sdk.bounded")
+    assert "less than or equal to 10" in final.output["remote"]
+    assert final.output["remote_str"] == 9  # lax coercion of JSON input, as pydantic does
+    assert final.output["local"].startswith("ToolError: invalid arguments for tool sdk.local_bounded")
+    assert ran == [3]  # no body ran with invalid arguments
