@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import ssl
+import weakref
 from typing import Any, TypeVar
 
 import msgspec
@@ -25,14 +27,25 @@ from schemas.subjects import HEADER_TYPE, Names
 
 from ._config import Settings, redact_url, split_credentials
 from .errors import (
-    ClientClosedError, NetworkError, RebunoError, RequestTimeoutError, ServiceUnavailableError, ValidationError,
-    error_from_reply,
+    ClientClosedError, NetworkError, RebunoError, RequestTimeoutError, ServiceUnavailableError, UnauthorizedError,
+    ValidationError, error_from_reply,
 )
 
 __all__ = ["connect", "Requester", "translate", "backoff_delay"]
 
 T = TypeVar("T")
 log = structlog.get_logger("rebuno.connection")
+
+class _Violations(dict):
+    """Subject → the broker's permissions-violation message; ``changed`` fires on each new one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+
+_VIOLATIONS: "weakref.WeakKeyDictionary[NATS, _Violations]" = weakref.WeakKeyDictionary()
+_VIOLATION_RE = re.compile(r'permissions violation for (?:publish|subscription) to "([^"]+)"', re.I)
 
 
 def backoff_delay(base: float, failures: int, cap: float) -> float:
@@ -90,6 +103,18 @@ async def connect(settings: Settings, name: str, *, reconnect_delay: float = 2.0
         NetworkError: the broker is unreachable and ``retry_initial`` is False.
     """
     failures = 0
+    violations = _Violations()
+
+    async def on_error(exc: Exception) -> None:
+        match = _VIOLATION_RE.search(str(exc))
+        if match:
+            violations[match.group(1)] = str(exc)
+            violations.changed.set()
+            violations.changed = asyncio.Event()
+            log.warning("the broker refused an operation", error=str(exc), connection=name)
+        else:
+            log.debug("nats connection error", error=repr(exc))
+
     servers, user, password, token = split_credentials(settings.url)
     shown = redact_url(settings.url)
     while True:
@@ -100,8 +125,9 @@ async def connect(settings: Settings, name: str, *, reconnect_delay: float = 2.0
                 servers=servers, name=name, user=user or None, password=password or None,
                 token=settings.api_key or token or None, user_credentials=settings.creds_file or None,
                 tls=_tls_context(settings), allow_reconnect=True, max_reconnect_attempts=1,
-                reconnect_time_wait=min(reconnect_delay, 1.0), connect_timeout=5, error_cb=_log_error,
+                reconnect_time_wait=min(reconnect_delay, 1.0), connect_timeout=5, error_cb=on_error,
             )
+            _VIOLATIONS[nc] = violations
             nc.options["max_reconnect_attempts"] = -1
             nc.options["reconnect_time_wait"] = reconnect_delay
             return nc
@@ -122,10 +148,6 @@ async def connect(settings: Settings, name: str, *, reconnect_delay: float = 2.0
                     pass
 
 
-async def _log_error(exc: Exception) -> None:
-    log.debug("nats connection error", error=repr(exc))
-
-
 class Requester:
     """Kernel API calls over core request/reply (DESIGN §3.1) with retries.
 
@@ -143,6 +165,27 @@ class Requester:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self._subjects = {}
+
+    async def _request(self, subject: str, data: bytes, timeout: float, request: Any):
+        """One request/reply; a permissions violation the broker reports for ``subject`` while
+        waiting ends it at once as UnauthorizedError instead of a timeout."""
+        violations = _VIOLATIONS.get(self.nc)
+        if violations is None:
+            return await self.nc.request(subject, data, timeout=timeout, headers=codec.type_headers(request))
+        refused = violations.get(subject)
+        if refused is None:
+            reply = asyncio.ensure_future(self.nc.request(subject, data, timeout=timeout,
+                                                          headers=codec.type_headers(request)))
+            while refused is None and not reply.done():
+                changed = asyncio.ensure_future(violations.changed.wait())
+                await asyncio.wait({reply, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                refused = violations.get(subject)
+            if reply.done():
+                return reply.result()
+            reply.cancel()
+        raise UnauthorizedError(f"the broker does not allow these credentials to publish to {subject}: {refused}",
+                                "UNAUTHORIZED", {"subject": subject})
 
     async def call(self, operation: str, request: Any, *, timeout: float | None = None,
                    max_retries: int | None = None) -> Any:
@@ -176,7 +219,7 @@ class Requester:
             if self.nc.is_closed:
                 raise ClientClosedError("the connection to the broker is closed")
             try:
-                msg = await self.nc.request(subject, data, timeout=t, headers=codec.type_headers(request))
+                msg = await self._request(subject, data, t, request)
                 break
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError) as exc:
                 err = translate(exc, subject=subject, timeout=t)

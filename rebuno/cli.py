@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from ._config import DEFAULT_URL
+from ._config import DEFAULT_URL, redact_url
 from .client import Client
 from .errors import RebunoError
 
@@ -236,7 +236,8 @@ async def _tools(args, c: Client) -> None:
 
 async def _health(args, c: Client) -> None:
     h = await c.health()
-    print(f"{'OK' if h.status == 'ok' else 'DEGRADED'} kernel {h.kernel_id} at {args.url or os.environ.get('REBUNO_URL', DEFAULT_URL)}"
+    url = redact_url(args.url or os.environ.get("REBUNO_URL", DEFAULT_URL))
+    print(f"{'OK' if h.status == 'ok' else 'DEGRADED'} kernel {h.kernel_id} at {url}"
           f" (JetStream {'reachable' if h.jetstream else 'unreachable'})")
 
 

@@ -172,3 +172,54 @@ async def test_garbage_on_every_subject_never_kills_the_kernel(wire, cluster: Cl
     msg = await nc.request(f"{cluster.names.prefix}.api.no.such.operation", b"{}", timeout=5)
     assert codec.ERROR_DECODER.decode(msg.data).code == "NOT_FOUND"
     assert (await req.call("health", api.Health())).status == "ok"
+
+
+async def test_broker_permission_refusal_is_a_typed_error(tmp_path) -> None:
+    """A request the broker refuses for these credentials fails at once with UnauthorizedError
+    (not a timeout), and credentials never appear in errors."""
+    import subprocess
+    import time
+
+    from kernel import Kernel, permissive
+    from rebuno import Client
+    from rebuno._server import find_nats_server, free_port
+    from schemas import Names
+
+    conf = tmp_path / "perm.conf"
+    conf.write_text(f"""
+jetstream {{ store_dir: "{tmp_path / 'js'}" }}
+authorization {{ users = [
+  {{ user: kernel, password: kpass }}
+  {{ user: viewer, password: vpass, permissions: {{
+      publish: {{ allow: ["rebuno.api.health", "rebuno.api.executions.get", "_INBOX.>"] }},
+      subscribe: {{ allow: ["_INBOX.>"] }} }} }}
+] }}
+""")
+    port = free_port()
+    server = subprocess.Popen([find_nats_server(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                nc = await nats.connect(f"nats://kernel:kpass@127.0.0.1:{port}")
+                break
+            except Exception:  # noqa: BLE001
+                time.sleep(0.05)
+        kernel = Kernel(nc, Names(), permissive())
+        await kernel.start()
+        async with Client(f"nats://viewer:vpass@127.0.0.1:{port}", timeout=10) as viewer:
+            assert (await viewer.health()).status == "ok"
+            started = time.monotonic()
+            with pytest.raises(UnauthorizedError, match="executions.list") as info:
+                await viewer.list()
+            assert time.monotonic() - started < 5
+            assert "vpass" not in str(info.value)
+        with pytest.raises(Exception) as bad:
+            async with Client(f"nats://viewer:wrong@127.0.0.1:{port}", timeout=2) as c:
+                await c.health()
+        assert "wrong" not in str(bad.value)
+        await kernel.stop()
+        await nc.close()
+    finally:
+        server.terminate()
+        server.wait(10)

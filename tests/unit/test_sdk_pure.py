@@ -728,3 +728,14 @@ def test_mcp_server_description() -> None:
     assert repr(http) == "<MCPServer 'github' streamable-http 'https://mcp.example.com/mcp'>"
     with pytest.raises(RuntimeError, match="not connected"):
         stdio.tools
+
+
+def test_redact_url_and_split_credentials() -> None:
+    from rebuno._config import redact_url, split_credentials
+
+    assert redact_url("nats://user:secret@h1:4222,nats://h2:4223") == "nats://***@h1:4222,nats://h2:4223"
+    assert redact_url("nats://tok@h:4222") == "nats://***@h:4222"
+    assert redact_url("nats://h:4222") == "nats://h:4222"
+    servers, user, password, token = split_credentials("nats://u:p@h1:4222, nats://h2:4223")
+    assert servers == ["nats://h1:4222", "nats://h2:4223"] and (user, password, token) == ("u", "p", "")
+    assert split_credentials("nats://tok@h1:4222")[1:] == ("", "", "tok")
