@@ -35,7 +35,7 @@ from . import machine
 from .config import KernelConfig
 from .errors import KernelError
 from .policy import Policy
-from .state import FoldError, apply_batch
+from .state import FoldError, apply_batch, replay_calls
 from .store import SequenceConflict, Store
 
 __all__ = ["Kernel"]
@@ -436,7 +436,21 @@ class Kernel:
             self.log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
                      session_id=rec.session.id if rec.session else "", delivery=req.delivery)
         history = machine.history_for_claim(rec, lambda e: len(codec.encode(e)))
-        return machine._claim_reply(rec, history), True
+        reply = machine._claim_reply(rec, history)
+        if any(e.type == "execution.reset" for e in decision.events) or (not decision.events and rec.step_count):
+            reply = msgspec.structs.replace(reply, replay=await self._replay(rec))
+        return reply, True
+
+    async def _replay(self, rec: ExecutionRecord) -> dict[str, api.ReplayedCall]:
+        """Finished calls of earlier sessions, newest kept when they would not fit one reply."""
+        batches = [b async for _, b in self.store.batches(rec.id)]
+        calls = {k: api.ReplayedCall(step_id=s, status=st, result=r, error=e)
+                 for k, (s, st, r, e) in replay_calls(batches).items()}
+        budget = self.nc.max_payload // 2
+        size = len(codec.encode(calls))
+        while calls and size > budget:  # drop the oldest: those calls simply run again
+            size -= len(codec.encode(calls.pop(next(iter(calls)))))
+        return calls
 
     async def _runner_ids(self, tool_id: str) -> list[str]:
         entry = self._tools.get(tool_id)

@@ -10,13 +10,16 @@ revives a terminal step).
 
 from __future__ import annotations
 
+from typing import Any
+
 from schemas import events as ev
 from schemas.events import EventBatch
 from schemas.records import (
     ExecutionRecord, ExecutionStatus, HistoryEntry, PendingSignal, Session, StepRecord, StepStatus, WaitRecord,
 )
 
-__all__ = ["apply", "apply_batch", "new_record", "FoldError", "HISTORY_LIMIT", "REQUEST_KEY_LIMIT"]
+__all__ = ["apply", "apply_batch", "new_record", "replay_calls", "FoldError", "HISTORY_LIMIT", "REQUEST_KEY_LIMIT",
+           "STEP_WINDOW"]
 
 HISTORY_LIMIT = 50
 """Terminal step entries kept in the record (``spec/kernel.md`` §7)."""
@@ -24,6 +27,10 @@ REQUEST_KEY_LIMIT = 256
 """Recent request keys kept per execution for idempotent repeats."""
 MARK_EVERY = 32
 """A ``batch_marks`` entry is kept for every this many batches."""
+STEP_WINDOW = 64
+"""Terminal steps kept in the record (oldest evicted first). Decisions only need active
+steps and recent ones (retried intents); a re-claimed handler gets older results from the
+stream (``replay_calls``). Keeps the per-transition cost flat however long an execution runs."""
 
 _SIGNAL_RESUME = "signal received: "
 
@@ -57,6 +64,7 @@ def apply_batch(record: ExecutionRecord | None, batch: EventBatch, stream_seq: i
         record = apply(record, event)
     assert record is not None
     record.stream_seq = stream_seq
+    _evict_terminal_steps(record)
     if record.batches % MARK_EVERY == 0 and batch.events:
         record.batch_marks.append((batch.events[0].sequence, stream_seq))
     record.batches += 1
@@ -66,6 +74,35 @@ def apply_batch(record: ExecutionRecord | None, batch: EventBatch, stream_seq: i
         while len(keys) > REQUEST_KEY_LIMIT:
             del keys[next(iter(keys))]
     return record
+
+
+def _evict_terminal_steps(record: ExecutionRecord) -> None:
+    terminal = [s for s in record.steps.values() if not s.active]
+    for step in terminal[: max(len(terminal) - STEP_WINDOW, 0)]:
+        del record.steps[step.id]
+        if step.idempotency_key and record.step_keys.get(step.idempotency_key) == step.id:
+            del record.step_keys[step.idempotency_key]
+
+
+def replay_calls(batches) -> dict[str, tuple[str, str, Any, str]]:
+    """Outcomes of finished tool calls by idempotency key, from an execution's batches:
+    ``key → (step_id, status, result, error)`` for steps that succeeded or failed for good.
+    The latest step of a key wins (a cancelled step's key may be used again)."""
+    keys: dict[str, str] = {}
+    out: dict[str, tuple[str, str, Any, str]] = {}
+    for batch in batches:
+        for event in batch.events:
+            match event:
+                case ev.StepCreated(payload=p) if p.idempotency_key:
+                    keys[event.step_id] = p.idempotency_key
+                    out.pop(p.idempotency_key, None)
+                case ev.StepCompleted(payload=p) if event.step_id in keys:
+                    out[keys[event.step_id]] = (event.step_id, "succeeded", p.result, "")
+                case ev.StepFailed(payload=p) if event.step_id in keys and not p.retryable:
+                    out[keys[event.step_id]] = (event.step_id, "failed", None, p.error)
+                case _:
+                    pass
+    return out
 
 
 def _remember_wait(record: ExecutionRecord, key: str, wait: WaitRecord) -> None:

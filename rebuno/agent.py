@@ -118,6 +118,11 @@ class _Run:
         n = self.calls.get(tool_id, 0) + 1
         self.calls[tool_id] = n
         key = idempotency_key or f"{self.id}:{tool_id}:{n}"
+        done = self.claim.replay.get(key)
+        if done is not None:  # finished in an earlier session of this execution (durable resume)
+            if done.status == "succeeded":
+                return done.result
+            raise ToolError(done.error or f"tool {tool_id} failed", tool_id, done.step_id)
         remote = local_fn is None
         arguments = _jsonable(arguments)
         reply: api.IntentReply = await self.req.call("agent.intent", api.IntentRequest(

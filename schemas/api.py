@@ -20,7 +20,7 @@ from .records import Execution, ExecutionSummary, HistoryEntry, ToolEntry, ToolS
 __all__ = [
     "ErrorCode", "Error", "Ok", "CreateExecution", "GetExecution", "ListExecutions", "ListExecutionsReply",
     "CancelExecution", "SignalExecution", "ListEvents", "EventsReply", "ListTools", "ToolsReply",
-    "Claim", "ClaimReply", "InvokeTool", "Complete", "Fail", "Wait", "Intent", "IntentRequest", "IntentReply",
+    "Claim", "ClaimReply", "ReplayedCall", "InvokeTool", "Complete", "Fail", "Wait", "Intent", "IntentRequest", "IntentReply",
     "StepResult", "RunnerRegister", "RunnerStarted", "StartedReply", "RunnerResult", "Health", "HealthReply",
     "REQUEST_TYPES", "REPLY_TYPES",
 ]
@@ -143,7 +143,24 @@ class Claim(msgspec.Struct, **_Q):
     delivery: Annotated[int, Meta(ge=0)] = 1
 
 
+class ReplayedCall(msgspec.Struct, **_A):
+    """A tool call that finished in an earlier session: ``status`` is ``succeeded`` or ``failed``."""
+
+    step_id: str
+    status: str
+    result: Any = None
+    error: str = ""
+
+
 class ClaimReply(msgspec.Struct, **_A):
+    """A running session.
+
+    Attributes:
+        replay: for a re-claimed execution, the finished tool calls of earlier sessions by
+            idempotency key; the handler runs again and gets these results instead of
+            calling the tools again (durable resume, DESIGN §5.4).
+    """
+
     execution_id: str
     session_id: str
     agent_id: str
@@ -151,6 +168,7 @@ class ClaimReply(msgspec.Struct, **_A):
     labels: dict[str, str] = {}
     history: list[HistoryEntry] = []
     last_sequence: int = 0
+    replay: dict[str, ReplayedCall] = {}
 
 
 class InvokeTool(msgspec.Struct, tag="invoke_tool", **_Q):

@@ -1022,3 +1022,30 @@ def test_signal_resumes_by_id_and_records_the_wait(h: Harness) -> None:
     sig, resumed = d.events
     assert resumed.payload.signal_id == sig.id and resumed.payload.idempotency_key == "w1"
     assert resumed.causation_id == sig.id
+
+
+# ------------------------------------------------ bounded records, replay from the stream --
+def test_record_keeps_active_steps_and_a_window_of_finished_ones(h: Harness) -> None:
+    from kernel.state import STEP_WINDOW
+
+    active = h.invoke(key="active-one").reply.step_id
+    for i in range(STEP_WINDOW + 10):
+        sid = h.invoke(key=f"k{i}").reply.step_id
+        h.step_result(sid, data=i)
+    assert active in h.rec.steps and h.rec.steps[active].active
+    terminal = [s for s in h.rec.steps.values() if not s.active]
+    assert len(terminal) == STEP_WINDOW
+    assert "k0" not in h.rec.step_keys and f"k{STEP_WINDOW + 9}" in h.rec.step_keys
+    assert h.rec.step_count == STEP_WINDOW + 11  # counts every step ever created
+
+
+def test_replay_calls_reads_outcomes_from_the_log(h: Harness) -> None:
+    from kernel.state import replay_calls
+
+    ok = h.invoke(key="a").reply.step_id
+    h.step_result(ok, data={"v": 1})
+    bad = h.invoke(key="b").reply.step_id
+    h.step_result(bad, success=False, error="nope")
+    h.invoke(key="c")  # still running: not replayed
+    calls = replay_calls(batch for batch, _ in h.batches)
+    assert calls == {"a": (ok, "succeeded", {"v": 1}, ""), "b": (bad, "failed", None, "nope")}
