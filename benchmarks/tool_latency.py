@@ -159,4 +159,7 @@ async def main(calls: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=500, help="measured calls per kind (after 20 warm-up calls)")
-    asyncio.run(main(parser.parse_args().calls))
+    from rebuno import _loop
+
+    print(f"event loop: {'uvloop' if _loop.using_uvloop() else 'asyncio'}")
+    _loop.run(main(parser.parse_args().calls))

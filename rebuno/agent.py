@@ -30,6 +30,7 @@ from schemas.subjects import Names
 
 from . import remote as _remote
 from ._binding import InputBinder
+from . import _loop
 from ._config import Settings, redact_url
 from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
@@ -294,7 +295,7 @@ class Agent(WorkerInstance):
 
     def run(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
-        asyncio.run(self.run_async(handler))
+        _loop.run(self.run_async(handler))
 
     def stop(self) -> None:
         """Ask the instance to stop: no new work; in-flight handlers get 5 s, then are handed over."""

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from . import __version__
+from . import _loop
 from ._config import DEFAULT_URL, redact_url
 from .client import Client
 from .errors import RebunoError
@@ -144,7 +145,7 @@ def cmd_dev(args) -> int:
               flush=True)
 
     try:
-        asyncio.run(_serve_kernel(server.url, policy, _kernel_config(args), None, args.prefix, banner))
+        _loop.run(_serve_kernel(server.url, policy, _kernel_config(args), None, args.prefix, banner))
     finally:
         server.stop()
     return 0
@@ -155,14 +156,14 @@ def cmd_kernel(args) -> int:
 
     configure_logging(args.log_level)
     policy = _load_policy(args.policy, dev=False)
-    asyncio.run(_serve_kernel(args.url, policy, _kernel_config(args), args.api_key, args.prefix))
+    _loop.run(_serve_kernel(args.url, policy, _kernel_config(args), args.api_key, args.prefix))
     return 0
 
 
 def cmd_demo(args) -> int:
     from ._demo import run_demo
 
-    return asyncio.run(run_demo(args.path, keep_logs=args.verbose))
+    return _loop.run(run_demo(args.path, keep_logs=args.verbose))
 
 
 # --------------------------------------------------------------- inspection --
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         client_args(sp)
         extra(sp)
-        sp.set_defaults(func=lambda args, fn=fn: asyncio.run(_with_client(args, lambda c: fn(args, c))))
+        sp.set_defaults(func=lambda args, fn=fn: _loop.run(_with_client(args, lambda c: fn(args, c))))
     return p
 
 

@@ -28,6 +28,7 @@ from schemas import events as ev
 from schemas.ids import validate_token_id
 from schemas.subjects import Names
 
+from . import _loop
 from ._config import Settings, redact_url
 from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
@@ -111,7 +112,7 @@ class Runner(WorkerInstance):
 
     def run(self) -> None:
         """Serve jobs until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
-        asyncio.run(self.run_async())
+        _loop.run(self.run_async())
 
     def stop(self) -> None:
         """Ask the instance to stop: no new jobs; running ones get 5 s, then are handed back."""
