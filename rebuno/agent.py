@@ -243,7 +243,9 @@ class _Run:
             return
         try:
             await self.fail(error)
-        except (UnauthorizedError, ConflictError, ClientClosedError) as exc:
+        except UnauthorizedError:
+            raise
+        except (ConflictError, ClientClosedError) as exc:
             self.log.warning("could not record the failure", error=str(exc))
 
 
@@ -375,8 +377,11 @@ class Agent(WorkerInstance):
                     if not run.task.done():
                         run.task.cancel()
                     raise
-            except Exception as exc:  # noqa: BLE001 - e.g. complete() refused
-                log.warning("could not finish the execution", error=str(exc))
+            except UnauthorizedError as exc:
+                run.end_reason = "fenced"
+                log.warning("session no longer valid; another instance owns the execution", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - kernel unreachable, complete() refused...
+                log.warning("could not finish the execution; it will be retried", error=str(exc))
         finally:
             lease.cancel()
             follower.cancel()
@@ -388,5 +393,10 @@ class Agent(WorkerInstance):
                     pass  # the notice now belongs to the instance that took over
                 elif handover:
                     await msg.nak()
+                elif not run.end_reason:
+                    # Not recorded as finished (e.g. the kernel was unreachable): have the notice
+                    # redelivered; the re-claim resets the execution and the re-run handler gets
+                    # its finished calls from the replay.
+                    await msg.nak(delay=min(self.lease, 10.0))
                 else:
                     await msg.ack()

@@ -36,7 +36,7 @@ from ._follow import follow_events
 from ._logging import configure_logging
 from ._tools import ToolSpec, jsonable as _jsonable, registry, run_tool
 from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
-from .errors import RebunoError
+from .errors import APIError, RebunoError
 from .mcp import MCPServer
 
 __all__ = ["Runner"]
@@ -204,11 +204,7 @@ class Runner(WorkerInstance):
                                           execution_id=job.execution_id, step_id=job.step_id, success=False,
                                           error=(str(exc) or type(exc).__name__)[:65536],
                                           retryable=bool(getattr(exc, "retryable", False)))
-            try:
-                await self._requester.call("runner.result", result)
-                log.info("job done", success=result.success)
-            except RebunoError as exc:
-                log.warning("kernel refused the result", error=str(exc))
+            await self._report(result, log)
             await msg.ack()
         finally:
             lease.cancel()
@@ -218,6 +214,29 @@ class Runner(WorkerInstance):
             if handover:
                 with contextlib.suppress(Exception):
                     await msg.nak()
+
+    async def _report(self, result: api.RunnerResult, log: structlog.BoundLogger) -> None:
+        """Report a job's outcome, retrying while the kernel is unreachable (the report is
+        idempotent by job id, and the lease is kept meanwhile): a finished tool is never run
+        again just because its result could not be delivered at once."""
+        assert self._requester is not None
+        failures = 0
+        while True:
+            try:
+                await self._requester.call("runner.result", result)
+                log.info("job done", success=result.success)
+                return
+            except APIError as exc:
+                if exc.code not in ("SERVICE_UNAVAILABLE", "INTERNAL_ERROR"):
+                    log.warning("kernel refused the result", error=str(exc))
+                    return
+                err = exc
+            except RebunoError as exc:  # network trouble, timeouts
+                err = exc
+            failures += 1
+            delay = min(self.reconnect_delay * 2 ** (failures - 1), 30.0)
+            log.warning("could not report the result; retrying", error=str(err), retry_in_s=delay)
+            await asyncio.sleep(delay)
 
     async def _run_body(self, job) -> Any:
         spec = self._tools.get(job.tool_id)

@@ -191,3 +191,55 @@ async def test_two_kernel_processes_serve_parallel_calls(cluster: Cluster, tmp_p
     finally:
         for k in kernels:
             kill(k)
+
+
+@pytest.mark.parametrize("outage_s", [1.0, 8.0], ids=["short-outage", "outage-longer-than-retries"])
+async def test_every_kernel_down_then_restarted(cluster: Cluster, tmp_path: Path, outage_s: float) -> None:
+    """All kernel replicas die mid-execution; when one comes back the execution finishes. A short
+    outage is bridged by request retries; a longer one fails the handler's call, the agent hands
+    the notice back, and the re-claimed handler resumes from the log (its first call replayed)."""
+    await cluster.stop_kernel(cluster.kernels[0][0])
+    policy = str(_allow_all(tmp_path))
+    kernel = spawn("-m", "rebuno.cli", "kernel", "--nats", cluster.url, "--policy", policy)
+    runs: list[str] = []
+    gate = asyncio.Event()
+
+    @tool(f"fault.step_{int(outage_s)}")
+    async def step(tag: str) -> str:
+        runs.append(tag)
+        return tag.upper()
+
+    async def handler(input: dict) -> list[str]:
+        first = await step("one")
+        await gate.wait()
+        return [first, await step("two")]
+
+    second_kernel = None
+    try:
+        client = cluster.client(timeout=5.0)
+        for _ in range(100):
+            try:
+                await client.health()
+                break
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.1)
+        agent_id = f"outage-agent-{int(outage_s)}"
+        await cluster.agent(agent_id, handler, request_timeout=1.0, lease=2.0)
+        ex = await client.create(agent_id, {})
+        await wait_for(lambda: runs == ["one"], timeout=20)
+        kill(kernel)
+        gate.set()  # the handler's next call meets a broker with no kernel
+        await asyncio.sleep(outage_s)
+        second_kernel = spawn("-m", "rebuno.cli", "kernel", "--nats", cluster.url, "--policy", policy)
+        await wait_for(lambda: _status(client, ex.id, "completed"), timeout=60, interval=0.2)
+        final = await client.get(ex.id)
+        assert final.output == ["ONE", "TWO"]
+        assert runs.count("one") == 1  # never run twice, even when the handler ran again
+        events = await client.events_snapshot(ex.id, limit=1000)
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        restarted = [e.type for e in events].count("execution.started")
+        assert restarted == (1 if outage_s < 2 else 2)
+    finally:
+        kill(kernel)
+        if second_kernel is not None:
+            kill(second_kernel)
