@@ -27,8 +27,8 @@ from nats.aio.msg import Msg
 
 from schemas import api, codec
 from schemas.events import EventBatch
-from schemas.ids import InvalidIdError, new_id, validate_tool_id
-from schemas.records import ExecutionRecord, ExecutionStatus, RunnerRecord, ToolEntry
+from schemas.ids import InvalidIdError, new_id
+from schemas.records import ExecutionRecord, ExecutionStatus
 from schemas.subjects import HEADER_TYPE, KERNEL_QUEUE, Names
 
 from . import machine
@@ -36,6 +36,7 @@ from .config import KernelConfig
 from .errors import KernelError
 from .policy import Policy
 from .state import FoldError, apply_batch, replay_calls
+from .directory import ToolDirectory
 from .store import SequenceConflict, Store
 
 __all__ = ["Kernel"]
@@ -83,16 +84,15 @@ class Kernel:
         self.kernel_id = self.config.kernel_id or f"kernel-{new_id()[-12:]}"
         self.limits = machine.Limits(step_timeout=self.config.step_timeout)
         self.store = Store(nc, names, self.config)
+        self.directory = ToolDirectory(self.store)
         self.started_at = _now()
         self._cache: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._tools: dict[str, ToolEntry] = {}
         self._saves: dict[str, asyncio.Task] = {}
         self._rr = itertools.count()
         self._sub = None
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(self.config.request_concurrency)
-        self._watcher_task: asyncio.Task | None = None
         self.log = log.bind(kernel_id=self.kernel_id)
         self._handlers: dict[str, Callable[[Any], Awaitable[tuple[Any, bool]]]] = {
             "executions.create": self._create, "executions.get": self._get, "executions.list": self._list,
@@ -107,7 +107,7 @@ class Kernel:
     async def start(self) -> None:
         """Create streams and buckets (idempotent), load the tool directory, start serving."""
         await self.store.start()
-        self._watcher_task = asyncio.create_task(self._watch_tools(), name="rebuno-kernel-tools-watch")
+        await self.directory.start()
         self._sub = await self.nc.subscribe(self.names.api_wildcard, queue=KERNEL_QUEUE, cb=self._on_msg,
                                             pending_msgs_limit=65536)
         self.log.info("kernel replica serving", subject=self.names.api_wildcard, queue=KERNEL_QUEUE,
@@ -123,30 +123,8 @@ class Kernel:
             await asyncio.wait(set(self._tasks), timeout=10)
         if self._saves:
             await asyncio.wait(set(self._saves.values()), timeout=10)
-        if self._watcher_task is not None:
-            self._watcher_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._watcher_task
+        await self.directory.stop()
         self.log.info("kernel replica stopped")
-
-    async def _watch_tools(self) -> None:
-        """Keep the in-memory tool directory in step with ``<prefix>-tools``."""
-        while True:
-            try:
-                watcher = await self.store.kv["tools"].watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        self._tools.pop(entry.key, None)
-                    else:
-                        with contextlib.suppress(msgspec.DecodeError):
-                            self._tools[entry.key] = codec.TOOL_DECODER.decode(entry.value)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                self.log.warning("tool directory watch failed; restarting", error=repr(exc))
-                await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------- dispatch --
     async def _on_msg(self, msg: Msg) -> None:
@@ -452,19 +430,10 @@ class Kernel:
             size -= len(codec.encode(calls.pop(next(iter(calls)))))
         return calls
 
-    async def _runner_ids(self, tool_id: str) -> list[str]:
-        entry = self._tools.get(tool_id)
-        if entry is None:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
-                raw = await self.store.kv["tools"].get(tool_id)
-                entry = codec.TOOL_DECODER.decode(raw.value)
-                self._tools[tool_id] = entry
-        return entry.runner_ids if entry else []
-
     async def _intent(self, req: api.IntentRequest) -> tuple[Any, bool]:
         candidates: list[str] = []
         if isinstance(req.intent, api.InvokeTool) and req.intent.remote:
-            candidates = await self._runner_ids(req.intent.tool_id)
+            candidates = await self.directory.runner_ids(req.intent.tool_id)
 
         def pick(_tool_id: str) -> str | None:
             return candidates[next(self._rr) % len(candidates)] if candidates else None
@@ -492,73 +461,11 @@ class Kernel:
         return decision.reply, True
 
     async def _register(self, req: api.RunnerRegister) -> tuple[Any, bool]:
-        """Publish a runner instance's tools: add the runner to each tool's entry, drop it from
-        tools it no longer advertises, and record the instance in ``<prefix>-runners``."""
-        now = _now()
-        tools_kv, runners_kv = self.store.kv["tools"], self.store.kv["runners"]
-        ids = [t.id for t in req.tools]
-        for t in req.tools:
-            validate_tool_id(t.id)
-        if len(set(ids)) != len(ids):
-            raise KernelError("VALIDATION_ERROR", "duplicate tool ids in registration")
-        previous: RunnerRecord | None = None
-        prev_rev = 0
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            raw = await runners_kv.get(req.runner_id)
-            previous, prev_rev = codec.RUNNER_DECODER.decode(raw.value), raw.revision
-
-        async def upsert(tool_id: str, schema: api.ToolSchema | None) -> None:
-            for _ in range(_MAX_TRANSACT_ATTEMPTS):
-                try:
-                    raw = await tools_kv.get(tool_id)
-                    cur, rev = codec.TOOL_DECODER.decode(raw.value), raw.revision
-                except nats.js.errors.KeyNotFoundError:
-                    cur, rev = None, 0
-                runners = set(cur.runner_ids) if cur else set()
-                if schema is None:
-                    if cur is None or req.runner_id not in runners:
-                        return
-                    runners.discard(req.runner_id)
-                    entry = msgspec.structs.replace(cur, runner_ids=sorted(runners))
-                else:
-                    runners.add(req.runner_id)
-                    entry = ToolEntry(id=tool_id, description=schema.description, input_schema=schema.input_schema,
-                                      runner_ids=sorted(runners), registered_at=now)
-                try:
-                    if rev:
-                        await tools_kv.update(tool_id, codec.encode(entry), last=rev)
-                    else:
-                        await tools_kv.create(tool_id, codec.encode(entry))
-                    self._tools[tool_id] = entry
-                    return
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue
-            raise KernelError("SERVICE_UNAVAILABLE", f"tool directory entry {tool_id} is too contended; retry")
-
-        dropped = set(previous.capabilities) - set(ids) if previous else set()
-        await asyncio.gather(*(upsert(t.id, t) for t in req.tools), *(upsert(t, None) for t in dropped))
-        instances = dict(previous.instances) if previous else {}
-        instances[req.consumer_id] = now
-        record = RunnerRecord(id=req.runner_id, capabilities=ids, instances=instances, last_heartbeat=now)
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-            if prev_rev:
-                await runners_kv.update(req.runner_id, codec.encode(record), last=prev_rev)
-            else:
-                await runners_kv.create(req.runner_id, codec.encode(record))
-        self.log.info("runner registered", runner_id=req.runner_id, consumer_id=req.consumer_id, tools=len(ids))
+        await self.directory.register(req)
         return api.Ok(), True
 
     async def _tools_list(self, req: api.ListTools) -> tuple[Any, bool]:
-        p = req.prefix
-        entries = list(self._tools.values())
-        if not entries:
-            with contextlib.suppress(nats.js.errors.NoKeysError):
-                for key in await self.store.kv["tools"].keys():
-                    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                        entries.append(codec.TOOL_DECODER.decode((await self.store.kv["tools"].get(key)).value))
-        tools = sorted((e for e in entries if e.runner_ids and (
-            not p or e.id == p or e.id.startswith(p + ".") or e.id.startswith(p + "_"))), key=lambda e: e.id)
-        return api.ToolsReply(tools=tools), False
+        return api.ToolsReply(tools=await self.directory.list(req.prefix)), False
 
     async def _health(self, req: api.Health) -> tuple[Any, bool]:
         try:

@@ -22,7 +22,6 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from schemas import codec
-from schemas.api import Error
 from schemas.subjects import HEADER_TYPE, Names
 
 from ._config import Settings, redact_url, split_credentials
@@ -237,7 +236,3 @@ class Requester:
             return codec.REPLY_DECODERS[operation].decode(msg.data)
         except msgspec.DecodeError as exc:
             raise RebunoError(f"undecodable reply on {subject}: {exc}") from exc
-
-
-def error_reply(err: Error) -> bytes:  # pragma: no cover - convenience for tools
-    return codec.encode(err)

@@ -16,11 +16,9 @@ def using_uvloop() -> bool:
     """True when :func:`run` will use uvloop."""
     if os.environ.get("REBUNO_UVLOOP", "1").lower() in ("0", "false", "no"):
         return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -24,7 +24,7 @@ from schemas.subjects import Names
 from ._config import Settings
 from ._connection import Requester, connect
 from ._follow import follow_events
-from .errors import ClientClosedError, NotFoundError
+from .errors import ClientClosedError
 
 __all__ = ["Client"]
 
@@ -187,5 +187,3 @@ class Client:
         """Ask one kernel replica whether it and JetStream are healthy."""
         return await (await self._req()).call("health", api.Health(), max_retries=0)
 
-
-_ = NotFoundError  # re-exported name used in docstrings

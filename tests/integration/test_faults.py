@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rebuno import execution, tool
+from rebuno import tool
 from schemas.records import ExecutionStatus
 
 from ..conftest import Cluster, wait_for
@@ -156,8 +156,6 @@ async def _has_event(client, execution_id: str, event_type: str) -> bool:
 async def _tools(client, tool_id: str) -> bool:
     return any(t.id == tool_id for t in await client.list_tools())
 
-
-_ = execution
 
 
 async def test_two_kernel_processes_serve_parallel_calls(cluster: Cluster, tmp_path: Path) -> None:

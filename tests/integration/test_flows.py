@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rebuno import ConflictError, NotFoundError, PolicyError, ToolError, execution, tool
+from rebuno import ConflictError, PolicyError, ToolError, execution, tool
 from schemas.records import ExecutionStatus
 
 from ..conftest import Cluster, policy_from_yaml, serving_bodies, wait_for
