@@ -163,7 +163,7 @@ class Requester:
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
-        self._subjects = {}
+        self._subjects: dict[str, str] = {}
 
     async def _request(self, subject: str, data: bytes, timeout: float, request: Any):
         """One request/reply; a permissions violation the broker reports for ``subject`` while
@@ -230,8 +230,8 @@ class Requester:
             await asyncio.sleep(min(self.retry_base_delay * 2 ** (attempt - 1), self.retry_max_delay))
         headers = msg.headers or {}
         if headers.get(HEADER_TYPE) == "Error":
-            err = codec.ERROR_DECODER.decode(msg.data)
-            raise error_from_reply(err.code, err.message, err.details)
+            reply_error = codec.ERROR_DECODER.decode(msg.data)
+            raise error_from_reply(reply_error.code, reply_error.message, reply_error.details)
         try:
             return codec.REPLY_DECODERS[operation].decode(msg.data)
         except msgspec.DecodeError as exc:

@@ -179,12 +179,12 @@ def _register(fn: Callable[..., Any], tool_id: str | None, remote: bool) -> Call
 
 
 @overload
-def tool(fn: F) -> F: ...
+def tool(fn_or_id: F, /) -> F: ...
 @overload
-def tool(tool_id: str | None = None, *, remote: bool = False) -> Callable[[F], F]: ...
+def tool(fn_or_id: str | None = None, /, *, remote: bool = False) -> Callable[[F], F]: ...
 
 
-def tool(fn_or_id: Any = None, *, remote: bool = False) -> Any:
+def tool(fn_or_id: Any = None, /, *, remote: bool = False) -> Any:
     """Register a function as a tool in the process-wide registry.
 
     Forms: ``@tool``, ``@tool()``, ``@tool("custom.id")``, ``@tool(remote=True)``,
@@ -220,7 +220,7 @@ def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
     for pname, prop in props.items():
         if not pname.isidentifier() or keyword.iskeyword(pname):
             continue  # not expressible as a Python parameter; callers can still pass it via invoke_tool
-        ann = _JSON_TYPES.get(prop.get("type") if isinstance(prop, dict) else None, Any)
+        ann = _JSON_TYPES.get(str(prop.get("type")), Any) if isinstance(prop, dict) else Any
         default = inspect.Parameter.empty if pname in required else (prop.get("default") if isinstance(prop, dict) else None)
         params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
     sig = inspect.Signature(sorted(params, key=lambda p: p.default is not inspect.Parameter.empty))

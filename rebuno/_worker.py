@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 import nats.errors
 import nats.js.errors
@@ -70,7 +70,7 @@ class WorkLoop:
     """
 
     def __init__(self, nc: NATS, *, stream: str, durable: str, filter_subject: str,
-                 handle: Callable[[Msg], Awaitable[None]], max_concurrency: int, lease: float,
+                 handle: Callable[[Msg], Coroutine[Any, Any, None]], max_concurrency: int, lease: float,
                  reconnect_delay: float, max_reconnect_delay: float, log: structlog.BoundLogger) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")

@@ -353,9 +353,11 @@ class Agent(WorkerInstance):
         run = _Run(self, claim, msg)
         self._runs[run.id] = run
 
+        nc, requester = self._nc, self._requester
+
         async def follow_run() -> None:
             try:
-                async for event in follow_events(self._nc, self._requester, self.names, run.id,
+                async for event in follow_events(nc, requester, self.names, run.id,
                                                  after_sequence=claim.last_sequence, stop_at_terminal=False):
                     run.on_event(event)
             except asyncio.CancelledError:

@@ -9,6 +9,7 @@ retried safely.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import inspect
 import uuid
 from typing import Any, AsyncIterator, Callable, Mapping
@@ -138,7 +139,7 @@ class Client:
         return await (await self._req()).call("executions.signal", api.SignalExecution(
             execution_id=execution_id, signal_type=signal_type, payload=payload, request_id=uuid.uuid4().hex))
 
-    async def events_snapshot(self, execution_id: str, *, after_sequence: int = 0, limit: int = 100) -> list[Event]:
+    async def events_snapshot(self, execution_id: str, *, after_sequence: int = 0, limit: int = 100) -> builtins.list[Event]:
         """Events with ``sequence > after_sequence``, ascending, at most ``limit`` (≤ 1000); no waiting."""
         reply = await (await self._req()).call("executions.events", api.ListEvents(
             execution_id=execution_id, after_sequence=after_sequence, limit=limit))
@@ -177,7 +178,7 @@ class Client:
         return await self.get(ex.id)
 
     # -- tools and health ------------------------------------------------------------------
-    async def list_tools(self, prefix: str = "") -> list[ToolEntry]:
+    async def list_tools(self, prefix: str = "") -> builtins.list[ToolEntry]:
         """The tool directory: entries whose id equals ``prefix`` or starts with ``prefix.`` or
         ``prefix_`` (all when empty), sorted by id."""
         reply = await (await self._req()).call("tools.list", api.ListTools(prefix=prefix))

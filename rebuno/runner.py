@@ -221,6 +221,7 @@ class Runner(WorkerInstance):
         again just because its result could not be delivered at once."""
         assert self._requester is not None
         failures = 0
+        err: RebunoError
         while True:
             try:
                 await self._requester.call("runner.result", result)
