@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 from schemas import codec
 from schemas.events import EventBatch
 from schemas.records import ExecutionRecord
-from schemas.subjects import HEADER_EXPECTED_LAST_SUBJECT_SEQ, HEADER_MSG_ID, Names
+from schemas.subjects import HEADER_EXPECTED_LAST_SUBJECT_SEQ, HEADER_MSG_ID, HEADER_SCHEMA, HEADER_TYPE, Names
 from schemas.work import AssignmentNotice, Job
 
 from .config import KernelConfig
@@ -35,6 +35,7 @@ from .config import KernelConfig
 __all__ = ["Store", "SequenceConflict", "ensure_resources"]
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+_BATCH_HEADERS = {HEADER_TYPE: "EventBatch", HEADER_SCHEMA: str(codec.SCHEMA_VERSION)}
 
 
 class SequenceConflict(Exception):
@@ -108,7 +109,7 @@ class Store:
         Raises:
             SequenceConflict: another append got there first.
         """
-        headers = {HEADER_EXPECTED_LAST_SUBJECT_SEQ: str(expected_stream_seq)}
+        headers = {**_BATCH_HEADERS, HEADER_EXPECTED_LAST_SUBJECT_SEQ: str(expected_stream_seq)}
         try:
             ack = await self.js.publish(self.names.events(execution_id), batch, headers=headers)
         except nats.js.errors.APIError as exc:

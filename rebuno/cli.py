@@ -102,7 +102,8 @@ def _kernel_config(args) -> Any:
     from kernel.config import KernelConfig
 
     return KernelConfig(step_timeout=timedelta(seconds=args.step_timeout),
-                        execution_timeout=timedelta(seconds=args.execution_timeout), replicas=args.replicas)
+                        execution_timeout=timedelta(seconds=args.execution_timeout), replicas=args.replicas,
+                        events_max_age=timedelta(seconds=args.events_max_age))
 
 
 async def _serve_kernel(url: str, policy, config, api_key: str | None, prefix: str | None,
@@ -256,9 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def kernel_args(sp):
         sp.add_argument("--policy", default=None, help="policy YAML file")
-        sp.add_argument("--step-timeout", type=float, default=300.0, help="default step deadline, seconds")
-        sp.add_argument("--execution-timeout", type=float, default=3600.0, help="execution lifetime, seconds")
+        sp.add_argument("--step-timeout", type=float, default=300.0, help="default step deadline recorded on each step, seconds (enforcement comes with kernel timers)")
+        sp.add_argument("--execution-timeout", type=float, default=3600.0, help="maximum execution lifetime, seconds (not enforced yet)")
         sp.add_argument("--replicas", type=int, default=1, help="stream/bucket replicas (3 in a cluster)")
+        sp.add_argument("--events-max-age", type=float, default=0.0,
+                        help="seconds the event stream keeps events (default 0: forever)")
         sp.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
         sp.add_argument("--prefix", default=None, help="deployment prefix (default $REBUNO_PREFIX or rebuno)")
 
