@@ -94,7 +94,7 @@ class Kernel:
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(self.config.request_concurrency)
         self.log = log.bind(kernel_id=self.kernel_id)
-        self._handlers: dict[str, Callable[[Any], Awaitable[tuple[Any, bool]]]] = {
+        self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
             "executions.create": self._create, "executions.get": self._get, "executions.list": self._list,
             "executions.cancel": self._cancel, "executions.signal": self._signal,
             "executions.events": self._events, "tools.list": self._tools_list, "agent.claim": self._claim,
@@ -150,7 +150,7 @@ class Kernel:
                 raise KernelError("VALIDATION_ERROR", f"invalid {op} request: {exc}") from exc
             except msgspec.DecodeError as exc:
                 raise KernelError("VALIDATION_ERROR", f"malformed {op} request: {exc}") from exc
-            reply, _ = await self._handlers[op](req)
+            reply = await self._handlers[op](req)
             data, headers = codec.encode(reply), codec.type_headers(reply)
         except KernelError as err:
             data, headers = self._error(err), _ERROR_HEADERS
@@ -333,7 +333,7 @@ class Kernel:
         raise KernelError("SERVICE_UNAVAILABLE", f"execution {execution_id} is too contended; retry")
 
     # -------------------------------------------------------------- handlers --
-    async def _create(self, req: api.CreateExecution) -> tuple[Any, bool]:
+    async def _create(self, req: api.CreateExecution) -> Any:
         execution_id = req.execution_id or new_id()
         now = _now()
         decision = machine.create(execution_id, req, now)
@@ -350,19 +350,19 @@ class Kernel:
                     raise KernelError("CONFLICT", f"execution {execution_id} already exists with other content") from None
                 if rec.status is ExecutionStatus.PENDING:  # the first create may have died before enqueueing
                     await self.store.publish_all(decision.notices[:1], [], notice_msg_id=execution_id)
-                return rec.view(), False
+                return rec.view()
             rec = apply_batch(None, batch, seq)
             self._save_later(execution_id, rec, 0)
             await self.store.publish_all(decision.notices, [], notice_msg_id=execution_id)
         self.log.info("execution created", execution_id=execution_id, agent_id=req.agent_id)
-        return rec.view(), True
+        return rec.view()
 
-    async def _get(self, req: api.GetExecution) -> tuple[Any, bool]:
+    async def _get(self, req: api.GetExecution) -> Any:
         """The record, brought up to the stream: a reader who saw an event must see its effect."""
         rec, _ = await self._load(req.execution_id, fresh=True)
-        return rec.view(), False
+        return rec.view()
 
-    async def _list(self, req: api.ListExecutions) -> tuple[Any, bool]:
+    async def _list(self, req: api.ListExecutions) -> Any:
         limit = 50 if req.limit == 0 else min(req.limit, 200)
         rows = [r for r in await self.store.all_records()
                 if (not req.status or r.status.value == req.status)
@@ -374,15 +374,15 @@ class Kernel:
             rows = [r for r in rows if (r.created_at, r.id) < after]
         page = rows[:limit]
         cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else ""
-        return api.ListExecutionsReply(executions=[r.summary() for r in page], next_cursor=cursor), False
+        return api.ListExecutionsReply(executions=[r.summary() for r in page], next_cursor=cursor)
 
-    async def _events(self, req: api.ListEvents) -> tuple[Any, bool]:
+    async def _events(self, req: api.ListEvents) -> Any:
         limit = 100 if req.limit == 0 else min(req.limit, 1000)
         out: list = []
         try:
             rec, _ = await self._load(req.execution_id, fresh=True)
         except KernelError:
-            return api.EventsReply(events=[]), False  # unknown execution: empty (spec/kernel.md §18)
+            return api.EventsReply(events=[])  # unknown execution: empty (spec/kernel.md §18)
         start = 0  # read from the last mark at or before the wanted sequence, not from the start
         for first_sequence, stream_seq in rec.batch_marks:
             if first_sequence > req.after_sequence + 1:
@@ -395,20 +395,20 @@ class Kernel:
             if len(out) >= limit:
                 break
         out = out[:limit]
-        return api.EventsReply(events=out, latest_sequence=out[-1].sequence if out else 0), False
+        return api.EventsReply(events=out, latest_sequence=out[-1].sequence if out else 0)
 
-    async def _cancel(self, req: api.CancelExecution) -> tuple[Any, bool]:
+    async def _cancel(self, req: api.CancelExecution) -> Any:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.cancel(r, req, _now()),
                                              req.request_id)
         if decision.events:
             self.log.info("execution cancelled", execution_id=rec.id)
-        return rec.view(), bool(decision.events)
+        return rec.view()
 
-    async def _signal(self, req: api.SignalExecution) -> tuple[Any, bool]:
+    async def _signal(self, req: api.SignalExecution) -> Any:
         _, decision = await self._transact(req.execution_id, lambda r: machine.signal(r, req, _now()), req.request_id)
-        return decision.reply, True
+        return decision.reply
 
-    async def _claim(self, req: api.Claim) -> tuple[Any, bool]:
+    async def _claim(self, req: api.Claim) -> Any:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.claim(r, req, _now()))
         if decision.events:
             self.log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
@@ -417,7 +417,7 @@ class Kernel:
         reply = machine._claim_reply(rec, history)
         if any(e.type == "execution.reset" for e in decision.events) or (not decision.events and rec.step_count):
             reply = msgspec.structs.replace(reply, replay=await self._replay(rec))
-        return reply, True
+        return reply
 
     async def _replay(self, rec: ExecutionRecord) -> dict[str, api.ReplayedCall]:
         """Finished calls of earlier sessions, newest kept when they would not fit one reply."""
@@ -430,7 +430,7 @@ class Kernel:
             size -= len(codec.encode(calls.pop(next(iter(calls)))))
         return calls
 
-    async def _intent(self, req: api.IntentRequest) -> tuple[Any, bool]:
+    async def _intent(self, req: api.IntentRequest) -> Any:
         candidates: list[str] = []
         if isinstance(req.intent, api.InvokeTool) and req.intent.remote:
             candidates = await self.directory.runner_ids(req.intent.tool_id)
@@ -445,33 +445,33 @@ class Kernel:
         if decision.error is not None:
             self.log.info("intent denied", execution_id=rec.id, error=decision.error.message)
             raise decision.error
-        return decision.reply, bool(decision.events)
+        return decision.reply
 
-    async def _step_result(self, req: api.StepResult) -> tuple[Any, bool]:
+    async def _step_result(self, req: api.StepResult) -> Any:
         _, decision = await self._transact(req.execution_id, lambda r: machine.step_result(r, req, _now()))
-        return decision.reply, True
+        return decision.reply
 
-    async def _runner_started(self, req: api.RunnerStarted) -> tuple[Any, bool]:
+    async def _runner_started(self, req: api.RunnerStarted) -> Any:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.runner_started(r, req, _now()))
-        return msgspec.structs.replace(decision.reply, last_sequence=rec.last_sequence), True
+        return msgspec.structs.replace(decision.reply, last_sequence=rec.last_sequence)
 
-    async def _runner_result(self, req: api.RunnerResult) -> tuple[Any, bool]:
+    async def _runner_result(self, req: api.RunnerResult) -> Any:
         _, decision = await self._transact(
             req.execution_id, lambda r: machine.runner_result(r, req, _now(), limits=self.limits))
-        return decision.reply, True
+        return decision.reply
 
-    async def _register(self, req: api.RunnerRegister) -> tuple[Any, bool]:
+    async def _register(self, req: api.RunnerRegister) -> Any:
         await self.directory.register(req)
-        return api.Ok(), True
+        return api.Ok()
 
-    async def _tools_list(self, req: api.ListTools) -> tuple[Any, bool]:
-        return api.ToolsReply(tools=await self.directory.list(req.prefix)), False
+    async def _tools_list(self, req: api.ListTools) -> Any:
+        return api.ToolsReply(tools=await self.directory.list(req.prefix))
 
-    async def _health(self, req: api.Health) -> tuple[Any, bool]:
+    async def _health(self, req: api.Health) -> Any:
         try:
             await asyncio.wait_for(self.store.js.account_info(), 2.0)
             js_ok = True
         except Exception:  # noqa: BLE001
             js_ok = False
         return api.HealthReply(status="ok" if js_ok else "degraded", kernel_id=self.kernel_id, jetstream=js_ok,
-                               started_at=self.started_at), False
+                               started_at=self.started_at)
