@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from typing import Any, Callable, Coroutine
 
 import nats.errors
@@ -18,8 +19,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas.subjects import Names
 
+from schemas.ids import validate_token_id
+
 from ._config import Settings
 from ._connection import Requester, backoff_delay, connect
+from ._logging import configure_logging
 from .errors import ClientClosedError
 
 __all__ = ["WorkLoop", "WorkerInstance", "keep_lease", "install_signal_handlers", "DEFAULT_LEASE_S"]
@@ -163,6 +167,33 @@ class WorkerInstance:
     _nc: NATS | None
     _requester: Requester | None
     ready: asyncio.Event
+
+    def _init_instance(self, kind: str, instance_id: str, *, kernel_url: str | None, api_key: str | None,
+                       prefix: str | None, consumer_id: str, max_concurrency: int, reconnect_delay: float,
+                       max_reconnect_delay: float, request_timeout: float, lease: float) -> str:
+        """Validate the id, resolve settings, and set the fields both kinds share; returns the id.
+
+        Raises:
+            ValueError: empty or invalid id (``<kind>_id``), invalid URL or prefix.
+        """
+        if not instance_id:
+            raise ValueError(f"{kind}_id must not be empty")
+        configure_logging()  # before binding loggers, unless the application configured structlog
+        validate_token_id(f"{kind}_id", instance_id)
+        self.settings = Settings.resolve(kernel_url, api_key, prefix)
+        self.names = Names(self.settings.prefix)
+        self.consumer_id = consumer_id or f"{instance_id}-{uuid.uuid4().hex[:8]}"
+        self.max_concurrency = max_concurrency
+        self.reconnect_delay, self.max_reconnect_delay = reconnect_delay, max_reconnect_delay
+        self.request_timeout = request_timeout
+        self.lease = lease
+        self.log = structlog.get_logger(f"rebuno.{kind}").bind(**{f"{kind}_id": instance_id},
+                                                               consumer_id=self.consumer_id)
+        self._stop = asyncio.Event()
+        self._nc = None
+        self._requester = None
+        self.ready = asyncio.Event()
+        return instance_id
 
     async def _handle(self, msg: Msg) -> None:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError

@@ -19,19 +19,15 @@ import uuid
 from typing import Any, Callable
 
 import msgspec
-import structlog
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import api, codec
 from schemas import events as ev
-from schemas.ids import validate_token_id
-from schemas.subjects import Names
 
 from . import remote as _remote
 from ._binding import InputBinder
 from . import _loop
-from ._config import Settings, redact_url
+from ._config import redact_url
 from ._connection import Requester
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
@@ -274,26 +270,12 @@ class Agent(WorkerInstance):
                  consumer_id: str = "", reconnect_delay: float = 3.0, max_reconnect_delay: float = 60.0,
                  max_concurrency: int = 16, prefix: str | None = None, request_timeout: float = 10.0,
                  lease: float = DEFAULT_LEASE_S) -> None:
-        if not agent_id:
-            raise ValueError("agent_id must not be empty")
-        configure_logging()  # before binding loggers, unless the application configured structlog
-        self.agent_id = validate_token_id("agent_id", agent_id)
-        self.settings = Settings.resolve(kernel_url, api_key, prefix)
-        self.names = Names(self.settings.prefix)
-        self.consumer_id = consumer_id or f"{agent_id}-{uuid.uuid4().hex[:8]}"
-        self.reconnect_delay = reconnect_delay
-        self.max_reconnect_delay = max_reconnect_delay
-        self.max_concurrency = max_concurrency
-        self.request_timeout = request_timeout
-        self.lease = lease
-        self.log = structlog.get_logger("rebuno.agent").bind(agent_id=agent_id, consumer_id=self.consumer_id)
-        self._stop = asyncio.Event()
-        self._nc: NATS | None = None
-        self._requester: Requester | None = None
+        self.agent_id = self._init_instance(
+            "agent", agent_id, kernel_url=kernel_url, api_key=api_key, prefix=prefix, consumer_id=consumer_id,
+            max_concurrency=max_concurrency, reconnect_delay=reconnect_delay, max_reconnect_delay=max_reconnect_delay,
+            request_timeout=request_timeout, lease=lease)
         self._binder: InputBinder | None = None
         self._runs: dict[str, _Run] = {}
-        self.ready = asyncio.Event()
-        """Set once the instance is connected and pulling work (useful in tests)."""
 
     def run(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""

@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from typing import Any, Iterable
 
 import msgspec
 import structlog
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import api, codec
 from schemas import events as ev
-from schemas.ids import validate_token_id
-from schemas.subjects import Names
 
 from . import _loop
-from ._config import Settings, redact_url
-from ._connection import Requester
+from ._config import redact_url
 from ._execution import ExecutionState, reset_state, set_state
 from ._follow import follow_events
 from ._logging import configure_logging
@@ -67,27 +62,13 @@ class Runner(WorkerInstance):
                  capabilities: Iterable[str] | None = None, consumer_id: str = "", max_concurrency: int = 8,
                  reconnect_delay: float = 2.0, max_reconnect_delay: float = 60.0, prefix: str | None = None,
                  request_timeout: float = 10.0, lease: float = DEFAULT_LEASE_S, heartbeat_interval: float = 30.0) -> None:
-        if not runner_id:
-            raise ValueError("runner_id must not be empty")
-        configure_logging()  # before binding loggers, unless the application configured structlog
-        self.runner_id = validate_token_id("runner_id", runner_id)
-        self.settings = Settings.resolve(kernel_url, api_key, prefix)
-        self.names = Names(self.settings.prefix)
+        self.runner_id = self._init_instance(
+            "runner", runner_id, kernel_url=kernel_url, api_key=api_key, prefix=prefix, consumer_id=consumer_id,
+            max_concurrency=max_concurrency, reconnect_delay=reconnect_delay, max_reconnect_delay=max_reconnect_delay,
+            request_timeout=request_timeout, lease=lease)
         self.capabilities = list(capabilities) if capabilities is not None else None
-        self.consumer_id = consumer_id or f"{runner_id}-{uuid.uuid4().hex[:8]}"
-        self.max_concurrency = max_concurrency
-        self.reconnect_delay, self.max_reconnect_delay = reconnect_delay, max_reconnect_delay
-        self.request_timeout = request_timeout
-        self.lease = lease
         self.heartbeat_interval = heartbeat_interval
-        self.log = structlog.get_logger("rebuno.runner").bind(runner_id=runner_id, consumer_id=self.consumer_id)
-        self._hosted: list[MCPServer] = []
         self._tools: dict[str, ToolSpec] = {}
-        self._stop = asyncio.Event()
-        self._nc: NATS | None = None
-        self._requester: Requester | None = None
-        self.ready = asyncio.Event()
-        """Set once the instance registered its tools and is pulling jobs."""
 
     def host(self, server: MCPServer) -> "Runner":
         """Back tools with an MCP server (its tools join this runner's capabilities).
