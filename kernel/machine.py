@@ -25,7 +25,7 @@ from .errors import KernelError
 from .policy import Policy, PolicyInput
 
 __all__ = ["Decision", "Limits", "EventBuilder", "create", "claim", "intent", "step_result", "signal", "cancel",
-           "runner_started", "runner_result", "history_for_claim"]
+           "runner_started", "runner_result", "history_for_claim", "claim_reply"]
 
 REMOTE_MAX_ATTEMPTS = 3
 HISTORY_CLAIM_LIMIT = 50
@@ -124,7 +124,8 @@ def history_for_claim(rec: ExecutionRecord, encoded_size: Callable[[Any], int]) 
     return entries[len(entries) - keep:] if keep else []
 
 
-def _claim_reply(rec: ExecutionRecord, history: list) -> api.ClaimReply:
+def claim_reply(rec: ExecutionRecord, history: list) -> api.ClaimReply:
+    """The reply to a claim, from the record after the claim's events were folded in."""
     assert rec.session is not None
     return api.ClaimReply(execution_id=rec.id, session_id=rec.session.id, agent_id=rec.agent_id, input=rec.input,
                           labels=rec.labels or {}, history=history, last_sequence=rec.last_sequence)
@@ -138,8 +139,8 @@ def claim(rec: ExecutionRecord, req: api.Claim, now: datetime) -> Decision:
     only after the previous holder's lease (ack wait) lapsed — giving ``agent.timeout``,
     ``step.cancelled`` for active steps, ``execution.reset`` and ``execution.started`` under
     a new session; the old session is fenced from then on. A repeat of the claim that made
-    the current session is answered with that session. The reply's ``history`` is filled
-    in by the caller.
+    the current session is answered with that session. ``reply`` is None: the caller
+    answers with :func:`claim_reply` of the folded record.
     """
     if rec.agent_id != req.agent_id:
         raise KernelError("CONFLICT", f"execution {rec.id} belongs to agent {rec.agent_id}, not {req.agent_id}")
@@ -154,16 +155,16 @@ def claim(rec: ExecutionRecord, req: api.Claim, now: datetime) -> Decision:
             _cancel_active(b, rec, "agent disconnected")
             b.add(ev.ExecutionReset, ev.ExecutionResetPayload(reason="recovery", from_status=rec.status.value))
         b.add(ev.ExecutionStarted, started)
-        return Decision(b.events, "claimed")
+        return Decision(b.events, None)
     if s.consumer_id == req.consumer_id and s.notice_seq == req.notice_seq and s.delivery == req.delivery:
-        return Decision([], "repeat")
+        return Decision([], None)  # a retried claim: answered with the current session
     if req.notice_seq == s.notice_seq and req.delivery > s.delivery:
         b = _builder(rec, now)
         b.add(ev.AgentTimeout, ev.AgentTimeoutPayload(session_id=s.id))
         _cancel_active(b, rec, "agent disconnected")
         b.add(ev.ExecutionReset, ev.ExecutionResetPayload(reason="lease_expired", from_status=rec.status.value))
         b.add(ev.ExecutionStarted, started)
-        return Decision(b.events, "claimed")
+        return Decision(b.events, None)
     raise KernelError("CONFLICT", f"execution {rec.id} is already claimed by {s.consumer_id}",
                       {"execution_id": rec.id, "status": rec.status.value})
 
@@ -325,15 +326,16 @@ def signal(rec: ExecutionRecord, req: api.SignalExecution, now: datetime) -> Dec
 
 # ---------------------------------------------------------------- cancel --
 def cancel(rec: ExecutionRecord, req: api.CancelExecution, now: datetime) -> Decision:
-    """E14: ``step.cancelled`` for every active step, then ``execution.cancelled``."""
+    """E14: ``step.cancelled`` for every active step, then ``execution.cancelled``. ``reply`` is
+    None: the caller answers with the folded record's view."""
     if req.request_id and req.request_id in rec.request_keys:
-        return Decision([], "view")
+        return Decision([], None)
     if rec.terminal:
         raise _terminal_error(rec)
     b = _builder(rec, now)
     _cancel_active(b, rec, "execution cancelled")
     b.add(ev.ExecutionCancelled, ev.ReasonPayload(reason="cancelled by request"))
-    return Decision(b.events, "view")
+    return Decision(b.events, None)
 
 
 # ---------------------------------------------------------------- runner --

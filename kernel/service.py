@@ -29,7 +29,7 @@ from schemas import api, codec
 from schemas.events import EventBatch
 from schemas.ids import InvalidIdError, new_id
 from schemas.records import ExecutionRecord, ExecutionStatus
-from schemas.subjects import HEADER_TYPE, KERNEL_QUEUE, Names
+from schemas.subjects import HEADER_SCHEMA, HEADER_TYPE, KERNEL_QUEUE, Names
 
 from . import machine
 from .config import KernelConfig
@@ -43,7 +43,7 @@ __all__ = ["Kernel"]
 
 log = structlog.get_logger("rebuno.kernel")
 
-_ERROR_HEADERS = {HEADER_TYPE: "Error", "Rebuno-Schema": str(codec.SCHEMA_VERSION)}
+_ERROR_HEADERS = {HEADER_TYPE: "Error", HEADER_SCHEMA: str(codec.SCHEMA_VERSION)}
 _CACHE_SIZE = 10_000
 _MAX_TRANSACT_ATTEMPTS = 10
 _HEADROOM = 1024
@@ -414,7 +414,7 @@ class Kernel:
             self.log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
                      session_id=rec.session.id if rec.session else "", delivery=req.delivery)
         history = machine.history_for_claim(rec, lambda e: len(codec.encode(e)))
-        reply = machine._claim_reply(rec, history)
+        reply = machine.claim_reply(rec, history)
         if any(e.type == "execution.reset" for e in decision.events) or (not decision.events and rec.step_count):
             reply = msgspec.structs.replace(reply, replay=await self._replay(rec))
         return reply

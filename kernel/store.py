@@ -131,15 +131,6 @@ class Store:
             yield msg.seq, codec.decode_batch(msg.data)
             seq = msg.seq + 1
 
-    async def last_stream_seq(self, execution_id: str) -> int:
-        """Stream sequence of the execution's newest batch, 0 when it has none."""
-        try:
-            msg = await self.js.get_msg(self.names.events_stream, subject=self.names.events(execution_id),
-                                        direct=self.direct)
-        except nats.js.errors.NotFoundError:
-            return 0
-        return msg.seq
-
     # -- records -----------------------------------------------------------------
     async def get_record(self, execution_id: str) -> tuple[bytes, int] | None:
         """The stored record bytes and revision, or None."""

@@ -46,10 +46,8 @@ _SIGNAL_RESUME = "signal received: "
 class _Run:
     """One claimed execution inside an agent instance: the backend of ``execution.*``."""
 
-    def __init__(self, agent: "Agent", claim: api.ClaimReply, msg: Msg) -> None:
-        self.agent = agent
+    def __init__(self, agent: "Agent", claim: api.ClaimReply) -> None:
         self.claim = claim
-        self.msg = msg
         self.id = claim.execution_id
         self.session_id = claim.session_id
         self.req: Requester = agent._requester  # type: ignore[assignment]
@@ -332,7 +330,7 @@ class Agent(WorkerInstance):
             with contextlib.suppress(Exception):
                 await msg.nak(delay=2)
             return
-        run = _Run(self, claim, msg)
+        run = _Run(self, claim)
         self._runs[run.id] = run
 
         nc, requester = self._nc, self._requester

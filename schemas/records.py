@@ -8,7 +8,7 @@ is stored in the ``<prefix>-executions`` bucket under the execution id.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-class ExecutionStatus(str, Enum):
+class ExecutionStatus(StrEnum):
     """Execution statuses (``spec/kernel.md`` §3)."""
 
     PENDING = "pending"
@@ -30,11 +30,8 @@ class ExecutionStatus(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """Step statuses (``spec/kernel.md`` §4)."""
 
     PENDING = "pending"
@@ -44,9 +41,6 @@ class StepStatus(str, Enum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL_EXECUTION = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})

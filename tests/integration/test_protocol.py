@@ -223,3 +223,26 @@ authorization {{ users = [
     finally:
         server.terminate()
         server.wait(10)
+
+
+async def test_event_pages_from_the_middle_of_a_long_log(wire) -> None:
+    """``executions.events`` starts reading at the batch mark before ``after_sequence`` (one
+    mark per 32 batches) and still returns exactly the requested, gap-free page."""
+    _, req = wire
+    ex_id, session = await _claimed(req)
+    for i in range(45):  # 90 batches: marks at batches 0, 32 and 64
+        step = await req.call("agent.intent", api.IntentRequest(
+            execution_id=ex_id, session_id=session, intent=api.InvokeTool(tool_id="t.x", idempotency_key=f"k{i}")))
+        await req.call("agent.step_result", api.StepResult(execution_id=ex_id, session_id=session,
+                                                           step_id=step.step_id, success=True, data=i))
+    everything = []
+    after = 0
+    while page := (await req.call("executions.events", api.ListEvents(
+            execution_id=ex_id, after_sequence=after, limit=7))).events:
+        everything.extend(page)
+        after = page[-1].sequence
+    assert [e.sequence for e in everything] == list(range(1, 2 + 45 * 3 + 1))
+    for start in (0, 64, 100, 130):
+        page = (await req.call("executions.events", api.ListEvents(
+            execution_id=ex_id, after_sequence=start, limit=5))).events
+        assert [e.sequence for e in page] == [e.sequence for e in everything[start:start + 5]]
