@@ -201,7 +201,7 @@ class MCPServer:
                  env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
                  url: str | None = None, headers: HeadersArg | None = None, prefix: str | None = None,
                  connect_timeout: float = 30.0, call_timeout: float | None = None, reconnect_wait: float = 10.0,
-                 retry_delay: float = 1.0, max_retry_delay: float = 60.0, health_interval: float = 15.0) -> None:
+                 retry_delay: float = 1.0, max_retry_delay: float = 60.0, health_interval: float = 30.0) -> None:
         if not name or not isinstance(name, str):
             raise ValueError("MCPServer requires a non-empty name")
         if bool(command) == bool(url):
@@ -456,24 +456,34 @@ class MCPServer:
 
         self._lost = asyncio.Event()
         with anyio.CancelScope(deadline=anyio.current_time() + self.connect_timeout) as scope:
-            async with AsyncExitStack() as stack:
-                client = await self._open(stack)
-                tools = await self._list_tools(client)
-                scope.deadline = math.inf
-                self._client = client
-                self._install(tools)
-                self._was_connected = True
-                self.last_error = ""
-                self._connected.set()
-                self._attempted.set()
-                self._log.info("MCP server connected", transport=self.transport, tools=sorted(self._live))
-                self._notify()
-                try:
-                    await self._watch(client)
-                finally:
-                    self._drop(client)
-        if scope.cancelled_caught and not self._was_connected:
+            # closing while still connecting abandons the attempt (once connected, _watch returns)
+            closing = asyncio.ensure_future(self._closing.wait())
+            closing.add_done_callback(lambda f: None if f.cancelled() or self._was_connected else scope.cancel())
+            try:
+                await self._connected_session(scope)
+            finally:
+                closing.cancel()
+        if scope.cancelled_caught and not self._was_connected and not self._closing.is_set():
             raise TimeoutError(f"no answer within connect_timeout={self.connect_timeout} s")
+
+    async def _connected_session(self, scope: Any) -> None:
+        """Open, list the tools, then serve until closed or lost (``scope`` bounds the opening)."""
+        async with AsyncExitStack() as stack:
+            client = await self._open(stack)
+            tools = await self._list_tools(client)
+            scope.deadline = math.inf
+            self._client = client
+            self._install(tools)
+            self._was_connected = True
+            self.last_error = ""
+            self._connected.set()
+            self._attempted.set()
+            self._log.info("MCP server connected", transport=self.transport, tools=sorted(self._live))
+            self._notify()
+            try:
+                await self._watch(client)
+            finally:
+                self._drop(client)
 
     async def _open(self, stack: AsyncExitStack) -> Any:
         from mcp import Client, StdioServerParameters

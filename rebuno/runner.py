@@ -79,6 +79,8 @@ class Runner(WorkerInstance):
         self._static: dict[str, ToolSpec] = {}
         self._hosted: list[MCPServer] = []
         self._reregister = asyncio.Event()
+        self._running = False
+        self._collisions: set[str] = set()
 
     def host(self, server: MCPServer) -> "Runner":
         """Serve an MCP server's tools from this runner: when the runner starts it connects to
@@ -91,10 +93,13 @@ class Runner(WorkerInstance):
 
         Raises:
             TypeError: ``server`` is not an MCPServer.
+            RuntimeError: the runner is already running.
             ValueError: the server is already hosted by a runner.
         """
         if not isinstance(server, MCPServer):
             raise TypeError(f"runner.host() takes an MCPServer, got {type(server).__name__}")
+        if self._running:
+            raise RuntimeError(f"runner {self.runner_id} is running; host MCP servers before run()")
         if server._host is not None:
             raise ValueError(f"MCPServer {server.name!r} is already hosted by runner {server._host!r}")
         server._host = self.runner_id
@@ -151,7 +156,9 @@ class Runner(WorkerInstance):
                                "tool id")
                     if strict:
                         raise ValueError(message)
-                    self.log.error(message + "; the MCP tool is not served")
+                    if message not in self._collisions:  # once, not at every registration
+                        self._collisions.add(message)
+                        self.log.error(message + "; the MCP tool is not served")
                     continue
                 tools[tid] = spec
         return tools
@@ -181,6 +188,7 @@ class Runner(WorkerInstance):
         configure_logging()
         self._static = self._resolve_tools()
         self._reregister = asyncio.Event()
+        self._running = True
         for server in self._hosted:
             server._add_listener(self._on_mcp_change)
         try:
@@ -190,6 +198,7 @@ class Runner(WorkerInstance):
             await self._serve("runner", stream=self.names.jobs_stream,
                               durable=self.names.runner_consumer(self.runner_id), subject=self.names.jobs(self.runner_id))
         finally:
+            self._running = False
             for server in self._hosted:
                 server._remove_listener(self._on_mcp_change)
             await disconnect_servers(self._hosted)

@@ -215,9 +215,32 @@ async def test_tool_id_collision_is_a_hard_error(cluster: Cluster, servers) -> N
     assert not server.connected
 
 
+async def test_servers_that_cannot_connect(servers) -> None:
+    silent = [sys.executable, "-c", "import sys; sys.stdin.read()"]  # reads until stdin closes, never answers
+    mute = MCPServer("mute", command=silent[0], args=silent[1:], connect_timeout=0.5)
+    missing = MCPServer("missing", command="/nonexistent/mcp-server", **FAST)
+    slow = MCPServer("slow", command=silent[0], args=silent[1:], connect_timeout=30)
+    servers.extend([mute, missing, slow])
+    started = time.monotonic()
+    assert await asyncio.gather(mute.connect(), missing.connect()) == [False, False]
+    assert time.monotonic() - started < 5
+    assert "no answer within connect_timeout=0.5 s" in mute.last_error
+    assert "FileNotFoundError" in missing.last_error
+    with pytest.raises(RuntimeError, match=r"'missing' is not connected \(last error: FileNotFoundError"):
+        missing.tools
+    connecting = asyncio.create_task(slow.connect())
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await asyncio.gather(mute.disconnect(), missing.disconnect(), slow.disconnect())
+    assert time.monotonic() - started < 5  # closing abandons a connection attempt in progress
+    assert await asyncio.wait_for(connecting, 5) is False
+
+
 async def test_server_down_at_start_comes_up_later(cluster: Cluster, servers) -> None:
     port = free_port()
-    server = MCPServer("late", url=f"http://127.0.0.1:{port}/mcp", health_interval=0.3, **FAST)
+    tokens = iter(range(1_000_000))
+    server = MCPServer("late", url=f"http://127.0.0.1:{port}/mcp", health_interval=0.3,
+                       headers=lambda: {"Authorization": f"Bearer t{next(tokens)}"}, **FAST)
     servers.append(server)
     up = stdio_server("early")
     servers.append(up)
@@ -238,11 +261,14 @@ async def test_server_down_at_start_comes_up_later(cluster: Cluster, servers) ->
         assert "late.add" in await late_ids()
 
         async def handler(a: int) -> Any:
-            return await execution.invoke_tool("late.add", {"a": a})
+            return [await execution.invoke_tool("late.add", {"a": a}), await execution.invoke_tool("late.auth_header")]
 
         await cluster.agent("late-agent", handler)
         final = await client.run_until_complete("late-agent", {"a": 1})
-        assert final.output == {"result": 2}, final.error
+        assert final.status is ExecutionStatus.COMPLETED, final.error
+        added, auth = final.output
+        assert added == {"result": 2}
+        assert auth["result"].startswith("Bearer t") and int(auth["result"][8:]) > 0  # headers made per request
     # the server went away: its tools leave the directory, the other server's stay
     await wait_for(lambda: _empty(client, "late"), timeout=15)
     assert "early.add" in {t.id for t in await client.list_tools("early")}
