@@ -314,6 +314,32 @@ async def test_server_killed_mid_call_fails_the_attempt_as_retryable(cluster: Cl
     assert final.error == failures[-1].error
 
 
+async def test_cancel_reaches_a_hosted_mcp_call(cluster: Cluster, servers) -> None:
+    server = stdio_server("sleepy")
+    servers.append(server)
+    runner = Runner("sleepy-runner", kernel_url=cluster.url).host(server)
+    task = asyncio.create_task(runner.run_async())
+    cluster.tasks.append((runner, task))
+    await asyncio.wait_for(runner.ready.wait(), 20)
+
+    async def handler(seconds: float) -> Any:
+        return await execution.invoke_tool("sleepy.slow", {"seconds": seconds})
+
+    await cluster.agent("sleepy-agent", handler)
+    client = cluster.client()
+    ex = await client.create("sleepy-agent", {"seconds": 30})
+
+    async def started() -> bool:
+        return any(e.type == "step.started" for e in await step_events(client, ex.id))
+
+    await wait_for(started, timeout=10)
+    await client.cancel(ex.id)
+    assert [e.type for e in await step_events(client, ex.id)][-1] == "step.cancelled"
+    # the call was abandoned, not the connection: the server serves the next call at once
+    final = await asyncio.wait_for(client.run_until_complete("sleepy-agent", {"seconds": 0.01}), 10)
+    assert final.output == {"result": "slept"} and server.connected
+
+
 # ----------------------------------------------------------------- no-code runner --
 def write_config(path: Path, servers: dict) -> Path:
     path.write_text(json.dumps({"mcpServers": servers}))
