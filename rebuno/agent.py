@@ -289,6 +289,10 @@ class Agent(WorkerInstance):
     async def run_async(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` in the running loop until :meth:`stop` or a signal.
 
+        At start the process's ``MCPServer``\ s that no runner hosts are connected (each bounded
+        by its ``connect_timeout``; one that fails keeps retrying in the background) and
+        ``remote.Tools`` handles fetch their schemas; at shutdown the servers are disconnected.
+
         Raises:
             TypeError: ``handler`` is not callable.
         """
