@@ -16,7 +16,7 @@ import msgspec
 __all__ = [
     "ExecutionStatus", "StepStatus", "TERMINAL_EXECUTION", "TERMINAL_STEP", "Session", "StepRecord",
     "PendingSignal", "WaitRecord", "HistoryEntry", "ExecutionRecord", "Execution", "ExecutionSummary",
-    "ToolSchema", "ToolEntry", "RunnerRecord",
+    "ToolSchema", "ToolEntry", "RunnerRecord", "LeaseRecord", "PolicyBundle",
 ]
 
 
@@ -248,3 +248,27 @@ class RunnerRecord(msgspec.Struct, **_R, frozen=True):
     capabilities: list[str]
     instances: dict[str, datetime]
     last_heartbeat: datetime
+
+
+class LeaseRecord(msgspec.Struct, **_R, frozen=True):
+    """A session's lease in ``<prefix>-leases``, keyed by execution id (``agent.claim`` and
+    ``agent.renew`` write it; any kernel replica resets the execution once it lapses)."""
+
+    session_id: str
+    expires_at: datetime
+
+
+class PolicyBundle(msgspec.Struct, **_R, frozen=True):
+    """The policy in force, in ``<prefix>-policy`` under key ``active`` (``rebuno policy apply``).
+
+    Attributes:
+        version: content hash of ``files`` (what ``intent.*`` events record).
+        files: policy source by file name, as read from the applied file or directory.
+        origin: the path it was applied from, for operators.
+        applied_at: when it was applied (UTC).
+    """
+
+    version: str
+    files: dict[str, str]
+    origin: str = ""
+    applied_at: datetime | None = None
