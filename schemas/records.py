@@ -180,6 +180,7 @@ class ExecutionRecord(msgspec.Struct, **_R):
             id=self.id, status=self.status, agent_id=self.agent_id, labels=self.labels or {},
             input=self.input, output=self.output, error=self.error, created_at=self.created_at,
             updated_at=self.updated_at, last_sequence=self.last_sequence,
+            blocked_reason=self.blocked_reason, blocked_ref=self.blocked_ref,
         )
 
     def summary(self) -> "ExecutionSummary":
@@ -192,7 +193,9 @@ class ExecutionRecord(msgspec.Struct, **_R):
 class Execution(msgspec.Struct, **_R, frozen=True):
     """An execution as returned by create / get / cancel (``spec/kernel.md`` §21).
 
-    ``error`` carries the failure text of a failed execution (an addition to the original).
+    ``error`` carries the failure text of a failed execution, and ``blocked_reason`` /
+    ``blocked_ref`` what a blocked one waits for (``approval`` and the held step id, or
+    ``signal`` and the awaited type) — additions to the original.
     """
 
     id: str
@@ -205,6 +208,8 @@ class Execution(msgspec.Struct, **_R, frozen=True):
     output: Any = None
     error: str = ""
     last_sequence: int = 0
+    blocked_reason: str = ""
+    blocked_ref: str = ""
 
 
 class ExecutionSummary(msgspec.Struct, **_R, frozen=True):
