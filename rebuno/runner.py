@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import msgspec
@@ -252,6 +253,14 @@ class Runner(WorkerInstance):
             await msg.term()
             return
         log = self.log.bind(execution_id=job.execution_id, step_id=job.step_id, tool_id=job.tool_id, job_id=job.id)
+        if job.not_before is not None:  # a retry: wait out its delay (``spec/kernel.md`` §11)
+            wait = (job.not_before - datetime.now(timezone.utc)).total_seconds()
+            if wait > 0:
+                if wait > self.lease / 2:  # long delays go back to the broker rather than hold a slot
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=wait)
+                    return
+                await asyncio.sleep(wait)
         try:
             started: api.StartedReply = await self._requester.call("runner.started", api.RunnerStarted(
                 runner_id=self.runner_id, consumer_id=self.consumer_id, job_id=job.id,
