@@ -140,8 +140,7 @@ class Kernel:
             await self.timers.stop()
         if self._policy_watch is not None:
             self._policy_watch.cancel()
-            with contextlib.suppress(BaseException):
-                await self._policy_watch
+            await asyncio.wait({self._policy_watch}, timeout=5)
         await self.directory.stop()
         self.log.info("kernel replica stopped")
 
@@ -619,5 +618,8 @@ class Kernel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError() from exc
                 self.log.warning("policy watch failed; restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
