@@ -26,7 +26,7 @@ __all__ = ["compile_re2", "translate_re2", "UnsupportedPattern"]
 
 _MAX_RUNE = 0x10FFFF
 _MAX_REPEAT = 1000
-_MAX_DEPTH = 500
+_MAX_DEPTH = 1000
 
 
 class UnsupportedPattern(ValueError):
@@ -432,24 +432,29 @@ def translate_re2(pattern: str) -> str | None:
     """The Python equivalent of RE2 ``pattern``, or None when RE2 rejects it.
 
     Raises:
-        UnsupportedPattern: valid RE2 that has no faithful Python translation here.
+        UnsupportedPattern: valid RE2 that has no faithful Python translation here
+            (Unicode classes; nesting too deep for Python's recursion limit).
     """
     try:
         return _Parser(pattern).parse()
     except _Invalid:
         return None
+    except RecursionError:
+        raise UnsupportedPattern("the pattern nests too deeply") from None
 
 
 def compile_re2(pattern: str) -> re.Pattern[str] | None:
     """Compile RE2 ``pattern`` for unanchored ``search``; None when RE2 rejects it.
 
     Raises:
-        UnsupportedPattern: valid RE2 that has no faithful Python translation here.
+        UnsupportedPattern: as :func:`translate_re2`.
     """
     translated = translate_re2(pattern)
     if translated is None:
         return None
     try:
         return re.compile(translated)
-    except (re.error, RecursionError, OverflowError):  # pragma: no cover - the translation is always valid Python
+    except RecursionError:
+        raise UnsupportedPattern("the pattern nests too deeply") from None
+    except (re.error, OverflowError):  # pragma: no cover - the translation is always valid Python
         return None
