@@ -47,6 +47,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import yaml
@@ -296,7 +297,7 @@ class ArgumentPredicate:
             if not _is_number(value):
                 return False
             try:
-                number = float(value)
+                number = float(value)  # type: ignore[arg-type]  # _is_number checked it
             except OverflowError:
                 return False
             if self.min is not None and number < self.min:
@@ -504,8 +505,8 @@ class PolicySet:
     origin: str
     mode: str
     fallback: RuleSet | None
-    agents: Mapping[str, RuleSet] = field(default_factory=dict)
-    sources: Mapping[str, str] = field(default_factory=dict)
+    agents: Mapping[str, RuleSet] = field(default_factory=lambda: MappingProxyType({}))
+    sources: Mapping[str, str | bytes] = field(default_factory=lambda: MappingProxyType({}))
     version: str = ""
     lifecycle_default: bool = True
     warnings: tuple[str, ...] = ()
@@ -797,7 +798,7 @@ class _Validator:
                              block, "window", rid)
         if decision != "allow":
             self.warn(f"{where}: rate_limit is ignored: only allow decisions are rate limited", raw, "rate_limit")
-        return RateLimit(limit, window, window_ns)
+        return RateLimit(limit, str(window), window_ns)
 
     def predicates(self, when: Mapping, where: str, rid: str) -> tuple[ArgumentPredicate, ...]:
         raw = when.get("arguments")
@@ -909,7 +910,7 @@ def parse_policy(doc: Any, source: str = "<memory>") -> PolicySet:
     v = _Validator(source)
     parsed = v.document(doc)
     canonical = json.dumps(doc, sort_keys=True, default=str, separators=(",", ":"))
-    return PolicySet(source, "file", _engine([parsed], source), sources={},
+    return PolicySet(source, "file", _engine([parsed], source),
                      version="doc:" + hashlib.sha256(canonical.encode()).hexdigest()[:16], warnings=tuple(v.warnings))
 
 
@@ -945,9 +946,9 @@ def policy_from_sources(files: Mapping[str, str | bytes], origin: str = "<memory
     if "" in files:
         if len(files) > 1:
             raise PolicyError('a single-file policy ("" key) cannot be mixed with directory files', file=origin)
-        parsed, warnings = _parse_text(files[""], origin)
-        return PolicySet(origin, "file", _engine([parsed], origin), sources=dict(files), version=_version(files),
-                         warnings=tuple(warnings))
+        parsed, file_warnings = _parse_text(files[""], origin)
+        return PolicySet(origin, "file", _engine([parsed], origin), sources=MappingProxyType(dict(files)),
+                         version=_version(files), warnings=tuple(file_warnings))
     base = origin.rstrip("/") or origin
     by_stem: dict[str, _File] = {}
     warnings: list[str] = []
@@ -955,15 +956,15 @@ def policy_from_sources(files: Mapping[str, str | bytes], origin: str = "<memory
         if "/" in name or "\\" in name or "\0" in name or not _is_policy_name(name) or not _stem(name):
             raise PolicyError(f'"{name}" is not a policy file name (<agent-id>.yaml, <agent-id>.yml or _global.yaml)',
                               file=base)
-        parsed, file_warnings = _parse_text(files[name], f"{base}/{name}")
-        warnings += file_warnings
+        parsed, more = _parse_text(files[name], f"{base}/{name}")
+        warnings += more
         by_stem[_stem(name)] = parsed  # sorted order: x.yml replaces x.yaml
     global_file = by_stem.pop(GLOBAL_STEM, None)
     extra = [global_file] if global_file is not None else []
     agents = {agent: _engine([f, *extra], f.name) for agent, f in sorted(by_stem.items())}
     fallback = _engine([global_file], global_file.name) if global_file is not None else None
-    return PolicySet(base, "directory", fallback, agents, sources=dict(files), version=_version(files),
-                     warnings=tuple(warnings))
+    return PolicySet(base, "directory", fallback, MappingProxyType(agents), sources=MappingProxyType(dict(files)),
+                     version=_version(files), warnings=tuple(warnings))
 
 
 def policy_sources(path: str | Path) -> dict[str, str]:
