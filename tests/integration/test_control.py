@@ -54,7 +54,7 @@ async def _transfer_handler(amount: int) -> dict:
     try:
         return {"result": await transfer(amount=amount)}
     except PolicyError as exc:
-        return {"denied": str(exc)}
+        return {"denied": exc.message}
 
 
 @pytest.mark.parametrize("approved", [True, False])
@@ -150,7 +150,7 @@ default: {decision: allow}
                 await search(q=f"q{i}")
                 passed += 1
             except RateLimitedError as exc:
-                refused.append(str(exc))
+                refused.append(exc.message)
         return {"passed": passed, "refused": refused}
 
     try:
