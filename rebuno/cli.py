@@ -277,6 +277,44 @@ def cmd_policy_check(args) -> int:
     return 0
 
 
+def cmd_policy_apply(args) -> int:
+    """Validate a policy and store it in ``<prefix>-policy``: every kernel replica switches to it."""
+    from kernel.policy import PolicyError, policy_from_sources, policy_sources
+    from kernel.policy_store import apply_policy
+
+    try:
+        files = policy_sources(args.path)
+        policy = policy_from_sources(files, str(args.path))
+    except PolicyError as exc:
+        print(f"rebuno: invalid policy: {exc}", file=sys.stderr)
+        return 1
+    for warning in policy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    async def apply() -> int:
+        from schemas import Names
+
+        from ._config import Settings
+        from ._connection import connect
+        from ._logging import configure_logging
+
+        configure_logging(os.environ.get("REBUNO_LOG_LEVEL", "warning"), "text")
+        settings = Settings.resolve(args.url, args.api_key, args.prefix)
+        nc = await connect(settings, "rebuno-policy-apply")
+        try:
+            bundle = await apply_policy(nc, Names(settings.prefix), files, str(args.path))
+        finally:
+            await nc.close()
+        if args.json:
+            print(json.dumps({"version": bundle.version, "origin": bundle.origin, "files": sorted(files)}))
+        else:
+            print(f"Applied policy {bundle.version} from {args.path} ({policy.describe()}).\n"
+                  f"Every kernel replica switches to it now; intent events record this version.")
+        return 0
+
+    return _loop.run(apply())
+
+
 def _add_policy_commands(sub, client_args) -> Any:
     """``rebuno policy SUBCOMMAND``; returns its subparsers so more (``apply``) can be added,
     with ``client_args`` for those that talk to the broker."""
@@ -305,6 +343,14 @@ def _add_policy_commands(sub, client_args) -> Any:
                     help="milliseconds since the execution was created (default 0)")
     ep.add_argument("--at", default=None, help="evaluation time, ISO 8601 (naive = UTC; default now)")
     ep.set_defaults(func=cmd_policy_eval)
+
+    ep = psub.add_parser("apply", help="make a policy the one every kernel replica enforces, live",
+                         description="Validate PATH like `check`, then store it in the <prefix>-policy bucket. "
+                                     "Every running kernel replica switches to it without a restart, and "
+                                     "replicas started later adopt it too (it overrides their --policy).")
+    ep.add_argument("path", help="policy YAML file or directory")
+    client_args(ep)
+    ep.set_defaults(func=cmd_policy_apply)
     return psub
 
 
