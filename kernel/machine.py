@@ -22,7 +22,7 @@ from schemas.records import ExecutionRecord, ExecutionStatus, StepRecord, StepSt
 from schemas.work import AssignmentNotice, Job
 
 from .errors import KernelError
-from .policy import PolicyDecision, PolicyInput
+from .policy import NO_ARGUMENTS, PolicyDecision, PolicyInput
 
 __all__ = ["Decision", "Limits", "EventBuilder", "create", "claim", "intent", "step_result", "signal", "cancel",
            "runner_started", "runner_result", "expire", "history_for_claim", "claim_reply", "policy_input",
@@ -217,8 +217,10 @@ def _replayed(rec: ExecutionRecord, step: StepRecord) -> api.IntentReply:
 
 
 def policy_input(rec: ExecutionRecord, tool_id: str, arguments: Any, now: datetime) -> PolicyInput:
-    """What policy decides a tool call on (``spec/policy.md`` §1)."""
-    return PolicyInput(tool_id=tool_id, agent_id=rec.agent_id, labels=rec.labels or {}, arguments=arguments,
+    """What policy decides a tool call on (``spec/policy.md`` §1). An intent without arguments
+    (``None`` on the wire) counts as absent: a rule with argument predicates does not match."""
+    return PolicyInput(tool_id=tool_id, agent_id=rec.agent_id, labels=rec.labels or {},
+                       arguments=NO_ARGUMENTS if arguments is None else arguments,
                        step_count=rec.step_count, duration_ms=int((now - rec.created_at).total_seconds() * 1000),
                        now=now)
 

@@ -140,8 +140,7 @@ class Kernel:
             await self.timers.stop()
         if self._policy_watch is not None:
             self._policy_watch.cancel()
-            with contextlib.suppress(BaseException):
-                await self._policy_watch
+            await asyncio.wait({self._policy_watch}, timeout=5)
         await self.directory.stop()
         self.log.info("kernel replica stopped")
 
@@ -492,10 +491,15 @@ class Kernel:
         it = req.intent
         if not isinstance(it, api.InvokeTool) or self.limiter is None:
             return False
+        def creates_step(r: ExecutionRecord) -> bool:
+            return (r.session is not None and r.session.id == req.session_id and r.status is ExecutionStatus.RUNNING
+                    and not (it.idempotency_key and it.idempotency_key in r.step_keys))
+
         rec, _ = await self._load(req.execution_id)
-        if (rec.session is None or rec.session.id != req.session_id or rec.status is not ExecutionStatus.RUNNING
-                or (it.idempotency_key and it.idempotency_key in rec.step_keys)):
-            return False
+        if not creates_step(rec):  # perhaps only this replica's copy is behind: ask the stream
+            rec, _ = await self._load(req.execution_id, fresh=True)
+            if not creates_step(rec):
+                return False
         decision = policy.evaluate(machine.policy_input(rec, it.tool_id, it.arguments, now))
         limit = decision.rate_limit
         if not decision.allowed or limit is None:
@@ -619,5 +623,8 @@ class Kernel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError() from exc
                 self.log.warning("policy watch failed; restarting", error=repr(exc))
                 await asyncio.sleep(1.0)

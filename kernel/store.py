@@ -20,7 +20,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
-    DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig,
+    DiscardPolicy, KeyValueConfig, RePublish, RetentionPolicy, StorageType, StreamConfig,
 )
 from nats.js.kv import KeyValue
 
@@ -61,6 +61,7 @@ async def ensure_resources(js: JetStreamContext, names: Names, config: KernelCon
         name=names.events_stream, subjects=[names.events_wildcard], retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE, num_replicas=r, allow_direct=True, duplicate_window=120.0,
         max_age=config.events_max_age.total_seconds() or None, discard=DiscardPolicy.OLD,
+        republish=RePublish(src=names.events_wildcard, dest=names.feed_wildcard),
         description="Rebuno execution events: one message per transition, per-execution subjects"))
     for name, wildcard, what in ((names.assign_stream, f"{names.prefix}.assign.>", "assignment notices"),
                                  (names.jobs_stream, f"{names.prefix}.jobs.>", "remote tool jobs")):

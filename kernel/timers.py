@@ -18,7 +18,6 @@ access repairs the record from the stream).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 from datetime import datetime, timedelta, timezone
 from typing import Awaitable, Callable
@@ -42,6 +41,13 @@ _LEASE_DECODER = msgspec.json.Decoder(LeaseRecord)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (a library may have turned the
+    cancellation into another exception; a watch loop must not swallow it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Timers:
@@ -81,9 +87,9 @@ class Timers:
     async def stop(self) -> None:
         for task in (*self._tasks, *self._fires):
             task.cancel()
-        for task in (*self._tasks, *self._fires):
-            with contextlib.suppress(BaseException):
-                await task
+        pending = {*self._tasks, *self._fires}
+        if pending:
+            await asyncio.wait(pending, timeout=5)
         self._tasks = []
 
     def due(self, execution_id: str) -> datetime | None:
@@ -110,6 +116,8 @@ class Timers:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
+                if _cancelling():
+                    raise asyncio.CancelledError() from exc
                 log.warning("timer index watch failed; restarting", bucket=kv._name, error=repr(exc))
                 await asyncio.sleep(1.0)
 

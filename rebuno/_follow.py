@@ -44,7 +44,7 @@ async def follow_events(nc: NATS, requester: Requester, names: Names, execution_
     async def on_msg(msg) -> None:
         queue.put_nowait(msg.data)
 
-    sub = await nc.subscribe(names.events(execution_id), cb=on_msg, pending_msgs_limit=65536)
+    sub = await nc.subscribe(names.feed(execution_id), cb=on_msg, pending_msgs_limit=65536)
     last = after_sequence
     try:
         while True:

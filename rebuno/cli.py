@@ -4,6 +4,10 @@ Run ``rebuno --help`` or ``rebuno COMMAND --help``. Inspection commands talk
 to the kernel through the broker at ``--url`` (default ``$REBUNO_URL``, else
 ``nats://127.0.0.1:4222``). Errors are printed as ``error: [CODE] message`` and
 exit with status 1; usage errors exit with status 2.
+
+``rebuno policy check PATH`` and ``rebuno policy eval PATH …`` work offline on a
+policy file or directory: ``check`` exits 1 when the policy is invalid; ``eval``
+exits 2 on any bad input (invalid policy, bad ``--args`` JSON, bad ``--at`` time).
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import json
 import os
 import signal
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -179,6 +183,186 @@ def cmd_demo(args) -> int:
     return _loop.run(run_demo(args.path, keep_logs=args.verbose))
 
 
+# ------------------------------------------------------------------- policy --
+def _policy_input_error(message: str) -> NoReturn:
+    print(f"rebuno policy eval: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {value}")
+    return value
+
+
+def cmd_policy_eval(args) -> int:
+    """Decide one tool call offline; print the decision as one JSON object."""
+    from kernel.policy import NO_ARGUMENTS, PolicyError, PolicyInput, load_policy
+
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        _policy_input_error(f"invalid policy: {exc}")
+    arguments: Any = NO_ARGUMENTS
+    if args.args is not None:
+        try:
+            arguments = json.loads(args.args)
+        except json.JSONDecodeError as exc:
+            _policy_input_error(f"invalid --args JSON: {exc}")
+    labels: dict[str, str] = {}
+    for item in args.labels or []:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key:
+                _policy_input_error(f'invalid label "{part}" (expected key=value)')
+            labels[key] = value
+    now = datetime.now(timezone.utc)
+    if args.at is not None:
+        try:
+            now = datetime.fromisoformat(args.at)
+        except ValueError:
+            _policy_input_error(f'invalid --at time "{args.at}" (expected ISO 8601, e.g. 2026-03-25T12:00:00Z)')
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=timezone.utc)
+    decision = policy.evaluate(PolicyInput(tool_id=args.tool, agent_id=args.agent, labels=labels,
+                                           arguments=arguments, step_count=args.steps,
+                                           duration_ms=args.elapsed_ms, now=now))
+    print(json.dumps(decision.as_dict()))
+    return 0
+
+
+def _print_policy_summary(summary: dict[str, Any]) -> None:
+    directory = summary["mode"] == "directory"
+    agents = [e for e in summary["engines"] if e["agents"] != "*"]
+    size = (f"{len(agents)} agent file{'s' if len(agents) != 1 else ''}"
+            + (" + _global" if any(f.rsplit(".", 1)[0] == "_global" for f in summary["files"]) else "")
+            if directory else f"{len(summary['engines'][0]['rules'])} rules")
+    print(f"{summary['origin']}: OK ({summary['mode']} policy, {size}, version {summary['version']})")
+    for engine in summary["engines"]:
+        if engine["agents"] != "*":
+            title = f'agent "{engine["agents"]}"'
+        else:
+            title = "agents without their own file" if directory else "every agent"
+        print(f"\n{title}" + (f" ({' + '.join(engine['files'])})" if engine["files"] else ""))
+        if not engine["rules"] and engine["default"]["rule_id"] == "agent-default":
+            print('  no _global file: denied (rule agent-default, "no policy configured for agent …")')
+            continue
+        width = max((len(r["id"]) for r in engine["rules"]), default=0)
+        for r in engine["rules"]:
+            extras = []
+            if r["timeout_ms"]:
+                extras.append(f"timeout {r['timeout_ms']} ms")
+            if r["rate_limit"]:
+                extras.append(f"rate limit {r['rate_limit']['max']} per {r['rate_limit']['window']}")
+            reason = f" {json.dumps(r['reason'])}" if r["reason"] else ""
+            print(f"  {r['priority']:>6}  {r['id']:<{width}}  {r['decision']}{reason}"
+                  + (f" [{', '.join(extras)}]" if extras else ""))
+            print(f"  {'':>6}  {'':<{width}}  when {r['when']}")
+        default = engine["default"]
+        reason = f" {json.dumps(default['reason'])}" if default["reason"] else ""
+        print(f"  default: {default['decision']}{reason}")
+
+
+def cmd_policy_check(args) -> int:
+    """Validate a policy file or directory and print the rules as the kernel will apply them."""
+    from kernel.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        print(f"rebuno: invalid policy: {exc}", file=sys.stderr)
+        return 1
+    summary = policy.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_policy_summary(summary)
+    for warning in policy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_policy_apply(args) -> int:
+    """Validate a policy and store it in ``<prefix>-policy``: every kernel replica switches to it."""
+    from kernel.policy import PolicyError, policy_from_sources, policy_sources
+    from kernel.policy_store import apply_policy
+
+    try:
+        files = policy_sources(args.path)
+        policy = policy_from_sources(files, str(args.path))
+    except PolicyError as exc:
+        print(f"rebuno: invalid policy: {exc}", file=sys.stderr)
+        return 1
+    for warning in policy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    async def apply() -> int:
+        from schemas import Names
+
+        from ._config import Settings
+        from ._connection import connect
+        from ._logging import configure_logging
+
+        configure_logging(os.environ.get("REBUNO_LOG_LEVEL", "warning"), "text")
+        settings = Settings.resolve(args.url, args.api_key, args.prefix)
+        nc = await connect(settings, "rebuno-policy-apply")
+        try:
+            bundle = await apply_policy(nc, Names(settings.prefix), files, str(args.path))
+        finally:
+            await nc.close()
+        if args.json:
+            print(json.dumps({"version": bundle.version, "origin": bundle.origin, "files": sorted(files)}))
+        else:
+            print(f"Applied policy {bundle.version} from {args.path} ({policy.describe()}).\n"
+                  f"Every kernel replica switches to it now; intent events record this version.")
+        return 0
+
+    return _loop.run(apply())
+
+
+def _add_policy_commands(sub, client_args) -> Any:
+    """``rebuno policy SUBCOMMAND``; returns its subparsers so more (``apply``) can be added,
+    with ``client_args`` for those that talk to the broker."""
+    sp = sub.add_parser("policy", help="validate a policy and try decisions offline")
+    psub = sp.add_subparsers(dest="policy_command", metavar="SUBCOMMAND", required=True)
+
+    ep = psub.add_parser("check", help="validate a policy file or directory and print its rules",
+                         description="Validate PATH (a policy file or directory) as the kernel would at startup "
+                                     "and print each engine's rules in evaluation order. Exit 1 when invalid.")
+    ep.add_argument("path", help="policy YAML file or directory")
+    ep.add_argument("--json", action="store_true", help="print the rules as JSON")
+    ep.set_defaults(func=cmd_policy_check)
+
+    ep = psub.add_parser("eval", help="decide one tool call offline and print the decision as JSON",
+                         description="Evaluate one tool call against PATH and print one JSON object: decision, "
+                                     "rule_id, reason, timeout_ms, rate_limit ({max, window} or null), "
+                                     "policy_version. Exit 2 on invalid input or an invalid policy.")
+    ep.add_argument("path", help="policy YAML file or directory")
+    ep.add_argument("--agent", required=True, help="agent id of the execution")
+    ep.add_argument("--tool", required=True, help="tool id of the proposed call")
+    ep.add_argument("--args", default=None, help="the call's arguments as JSON (default: no arguments)")
+    ep.add_argument("--labels", "--label", dest="labels", nargs="+", action="extend", metavar="K=V",
+                    help="execution labels key=value (repeatable; comma-separated also accepted)")
+    ep.add_argument("--steps", type=_non_negative_int, default=0, help="steps the execution already has (default 0)")
+    ep.add_argument("--elapsed-ms", type=_non_negative_int, default=0,
+                    help="milliseconds since the execution was created (default 0)")
+    ep.add_argument("--at", default=None, help="evaluation time, ISO 8601 (naive = UTC; default now)")
+    ep.set_defaults(func=cmd_policy_eval)
+
+    ep = psub.add_parser("apply", help="make a policy the one every kernel replica enforces, live",
+                         description="Validate PATH like `check`, then store it in the <prefix>-policy bucket. "
+                                     "Every running kernel replica switches to it without a restart, and "
+                                     "replicas started later adopt it too (it overrides their --policy).")
+    ep.add_argument("path", help="policy YAML file or directory")
+    client_args(ep)
+    ep.set_defaults(func=cmd_policy_apply)
+    return psub
+
+
 # --------------------------------------------------------------- inspection --
 async def _with_client(args, fn) -> int:
     from ._logging import configure_logging
@@ -280,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print JSON")
 
     def kernel_args(sp):
-        sp.add_argument("--policy", default=None, help="policy YAML file")
+        sp.add_argument("--policy", default=None, help="policy YAML file or directory")
         sp.add_argument("--step-timeout", type=float, default=300.0,
                         help="step deadline when the policy rule sets no timeout_ms, seconds (default 300)")
         sp.add_argument("--execution-timeout", type=float, default=3600.0,
@@ -307,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--api-key", default=None, help="NATS token (default $REBUNO_API_KEY)")
     kernel_args(sp)
     sp.set_defaults(func=cmd_kernel)
+
+    _add_policy_commands(sub, client_args)
 
     sp = sub.add_parser("runner", help="host the MCP servers of an mcpServers config file (no code)")
     from runners.mcp import add_arguments as runner_args

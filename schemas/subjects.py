@@ -103,6 +103,16 @@ class Names:
     def events_wildcard(self) -> str:
         return f"{self.prefix}.events.>"
 
+    def feed(self, execution_id: str) -> str:
+        """Where the events stream republishes each batch once it is stored: followers subscribe
+        here, never to :meth:`events` itself, because a batch whose guarded append was refused
+        is still delivered to plain subscribers of the stream subject but is never republished."""
+        return f"{self.prefix}.feed.{validate_token_id('execution_id', execution_id)}"
+
+    @property
+    def feed_wildcard(self) -> str:
+        return f"{self.prefix}.feed.>"
+
     @property
     def events_stream(self) -> str:
         return f"{self.prefix.upper()}_EVENTS"

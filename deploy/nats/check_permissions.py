@@ -33,17 +33,19 @@ CHECKS: list[tuple[str, str, str, str, bool]] = [
     # are not probed: they would really land; a working kernel shows it has them)
     *[(u, "pub", s, "", False)
       for u in ACTORS
-      for s in ("rebuno.events.permcheck", "rebuno.jobs.permcheck", "rebuno.assign.permcheck",
+      for s in ("rebuno.events.permcheck", "rebuno.feed.permcheck", "rebuno.jobs.permcheck", "rebuno.assign.permcheck",
                 "$KV.rebuno-executions.permcheck")],
     *[(u, "pub", "_INBOX.permcheck.forged", "", False) for u in USERS],   # nobody forges replies
     *[(u, "sub", "rebuno.api.permcheck", "kernel", u == "kernel") for u in USERS],
     ("kernel", "sub", "rebuno.api.permcheck", "", False),                # only inside queue group `kernel`
-    *[(u, "sub", "rebuno.events.permcheck", "", True) for u in ACTORS],
+    *[(u, "sub", "rebuno.feed.permcheck", "", True) for u in ACTORS],     # stored events, republished
+    *[(u, "sub", "rebuno.events.permcheck", "", False) for u in ACTORS],  # not raw appends, refused ones too
     *[(u, "pub", "$JS.API.STREAM.CREATE.PERMCHECK", "", u == "kernel") for u in USERS],
     *[(u, "pub", "$JS.API.STREAM.DELETE.PERMCHECK", "", u == "kernel") for u in USERS],
     # kernel API operations per role
     *[("agent", "pub", f"rebuno.api.{op}", "", True)
-      for op in ("agent.claim", "agent.intent", "agent.step_result", "tools.list", "executions.events", "health")],
+      for op in ("agent.claim", "agent.intent", "agent.step_result", "agent.renew", "tools.list",
+                 "executions.events", "health")],
     *[("agent", "pub", f"rebuno.api.{op}", "", False)
       for op in ("runner.result", "runner.started", "runner.register", "executions.create", "executions.cancel")],
     *[("runner", "pub", f"rebuno.api.{op}", "", True)

@@ -54,7 +54,7 @@ async def _transfer_handler(amount: int) -> dict:
     try:
         return {"result": await transfer(amount=amount)}
     except PolicyError as exc:
-        return {"denied": str(exc)}
+        return {"denied": exc.message}
 
 
 @pytest.mark.parametrize("approved", [True, False])
@@ -150,7 +150,7 @@ default: {decision: allow}
                 await search(q=f"q{i}")
                 passed += 1
             except RateLimitedError as exc:
-                refused.append(str(exc))
+                refused.append(exc.message)
         return {"passed": passed, "refused": refused}
 
     try:
@@ -357,3 +357,71 @@ async def _event(client, execution_id: str, event_type: str):
         if e.type == event_type:
             return e
     return None
+
+
+async def test_policy_apply_switches_every_replica_live(nats_server, tmp_path: Path) -> None:
+    c = Cluster(nats_server)
+    policy = tmp_path / "strict.yaml"
+    policy.write_text("""
+rules:
+  - id: no-switch
+    priority: 1
+    when: {tool_id: "ctl.switch"}
+    then: {decision: deny, reason: "switched off"}
+default: {decision: allow}
+""")
+
+    @tool("ctl.switch")
+    def switch() -> str:
+        """Test body."""
+        return "on"
+
+    async def handler() -> list[str]:
+        out = [await switch()]
+        await execution.wait_signal("again")
+        try:
+            out.append(await switch())
+        except PolicyError as exc:
+            out.append(f"denied by {exc.details['rule_id']}")
+        return out
+
+    try:
+        replicas = [await c.start_kernel(), await c.start_kernel()]
+        await c.agent("switcher", handler)
+        client = c.client()
+        ex = await client.create("switcher")
+        await wait_for(lambda: _status(client, ex.id, "blocked"))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rebuno.cli", "policy", "apply", str(policy), "--url", nats_server.url, "--json",
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        version = __import__("json").loads(out)["version"]
+        await wait_for(lambda: all(k.policy.version == version for k in replicas))
+        late = await c.start_kernel()  # a replica started afterwards adopts the applied policy
+        assert late.policy.version == version
+        await client.send_signal(ex.id, "again")
+        events = await _events(client, ex.id)
+        final = await client.get(ex.id)
+        assert final.output == ["on", "denied by no-switch"], final.error
+        accepted = next(e for e in events if e.type == "intent.accepted")
+        denied = next(e for e in events if e.type == "intent.denied")
+        assert (accepted.payload.rule_id, accepted.payload.policy_version) == ("permissive-default",
+                                                                               "builtin:permissive")
+        assert (denied.payload.rule_id, denied.payload.policy_version) == ("no-switch", version)
+        assert (await client.health()).policy_version == version
+    finally:
+        await c.close()
+
+
+async def test_policy_apply_refuses_an_invalid_policy(nats_server, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - id: x\n    priority: 1\n    then: {decision: maybe}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rebuno.cli", "policy", "apply", str(bad), "--url", nats_server.url,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert 'bad.yaml:4: rule "x" has invalid decision "maybe"' in err.decode()
