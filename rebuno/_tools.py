@@ -237,6 +237,9 @@ def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
     remote_tool.__qualname__ = remote_tool.__name__
     remote_tool.__doc__ = description
     remote_tool.__signature__ = sig  # type: ignore[attr-defined]
+    # typing.get_type_hints() reads __annotations__, not __signature__ (LangChain builds its
+    # argument models that way), so they have to describe the synthesized parameters too.
+    remote_tool.__annotations__ = {p.name: p.annotation for p in sig.parameters.values()} | {"return": Any}
     remote_tool.__rebuno_tool_id__ = tool_id  # type: ignore[attr-defined]
     remote_tool.__rebuno_remote__ = True  # type: ignore[attr-defined]
     remote_tool.__input_schema__ = schema  # type: ignore[attr-defined]
