@@ -68,6 +68,11 @@ class ToolDirectory:
                 log.warning("tool directory watch failed; restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
 
+    def cached_runner_ids(self, tool_id: str) -> list[str]:
+        """Runners advertising ``tool_id`` in this replica's view (no broker read)."""
+        entry = self._tools.get(tool_id)
+        return entry.runner_ids if entry else []
+
     async def runner_ids(self, tool_id: str) -> list[str]:
         """Runners advertising ``tool_id`` (read from the bucket when the watcher has not seen it yet)."""
         entry = self._tools.get(tool_id)

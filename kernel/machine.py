@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from schemas import api
 from schemas import events as ev
@@ -22,14 +22,29 @@ from schemas.records import ExecutionRecord, ExecutionStatus, StepRecord, StepSt
 from schemas.work import AssignmentNotice, Job
 
 from .errors import KernelError
-from .policy import Policy, PolicyInput
+from .policy import PolicyDecision, PolicyInput
 
 __all__ = ["Decision", "Limits", "EventBuilder", "create", "claim", "intent", "step_result", "signal", "cancel",
-           "runner_started", "runner_result", "history_for_claim", "claim_reply"]
+           "runner_started", "runner_result", "expire", "history_for_claim", "claim_reply", "policy_input",
+           "retry_delay", "next_due", "APPROVE_SIGNAL", "Lease", "MAX_ATTEMPTS"]
 
-REMOTE_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3
+"""Attempts of a step (``spec/kernel.md`` §11). Local steps get them too (a departure: the
+original retried only remote steps); a step is retried only when its failure is reported
+``retryable``. Approval steps get one."""
 HISTORY_CLAIM_LIMIT = 50
 HISTORY_CLAIM_BYTES = 512 * 1024
+APPROVE_SIGNAL = "step.approve"
+"""The signal type that approves or denies a step held for approval (``spec/kernel.md`` §16)."""
+
+
+class PolicyEngine(Protocol):
+    """What the decisions need of a policy: a decision per input, and a version to record."""
+
+    @property
+    def version(self) -> str: ...
+
+    def evaluate(self, inp: PolicyInput) -> PolicyDecision: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +52,23 @@ class Limits:
     """Timeouts the decisions need (``spec/kernel.md`` §23)."""
 
     step_timeout: timedelta = timedelta(minutes=5)
+    execution_timeout: timedelta = timedelta(hours=1)
+    """Zero: executions never time out."""
+    retry_base_delay: timedelta = timedelta(seconds=1)
+    retry_max_delay: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A session's lease as the kernel last stored it (``agent.claim`` / ``agent.renew``)."""
+
+    session_id: str
+    expires_at: datetime
+
+
+def retry_delay(limits: Limits, next_attempt: int) -> timedelta:
+    """``min(base * 2**(n-1), max)`` for attempt ``n`` (``spec/kernel.md`` §11): 2 s, then 4 s."""
+    return min(limits.retry_base_delay * (2 ** (next_attempt - 1)), limits.retry_max_delay)
 
 
 @dataclass(slots=True)
@@ -49,6 +81,8 @@ class Decision:
     notices: list[AssignmentNotice] = field(default_factory=list)
     error: KernelError | None = None
     """Set when the reply is an error that is nevertheless recorded (policy denial)."""
+    notice_msg_id: str = ""
+    """Deduplication id of the notices (default: the execution id)."""
 
 
 class EventBuilder:
@@ -175,19 +209,32 @@ def _cancel_active(b: EventBuilder, rec: ExecutionRecord, reason: str) -> None:
 
 
 # ---------------------------------------------------------------- intent --
-def _replayed(step: StepRecord) -> api.IntentReply:
-    return api.IntentReply(accepted=True, step_id=step.id, step_status=step.status.value,
+def _replayed(rec: ExecutionRecord, step: StepRecord) -> api.IntentReply:
+    held = step.approval and rec.status is ExecutionStatus.BLOCKED and rec.blocked_ref == step.id
+    return api.IntentReply(accepted=True, step_id=step.id, step_status=step.status.value, pending_approval=held,
                            result=step.result if step.status is StepStatus.SUCCEEDED else None,
                            error=step.error if step.status is not StepStatus.SUCCEEDED else "")
 
 
-def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, policy: Policy, limits: Limits,
-           pick_runner: Callable[[str], str | None]) -> Decision:
+def policy_input(rec: ExecutionRecord, tool_id: str, arguments: Any, now: datetime) -> PolicyInput:
+    """What policy decides a tool call on (``spec/policy.md`` §1)."""
+    return PolicyInput(tool_id=tool_id, agent_id=rec.agent_id, labels=rec.labels or {}, arguments=arguments,
+                       step_count=rec.step_count, duration_ms=int((now - rec.created_at).total_seconds() * 1000),
+                       now=now)
+
+
+def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, policy: PolicyEngine, limits: Limits,
+           pick_runner: Callable[[str], str | None], rate_limited: bool = False) -> Decision:
     """The four intents (``spec/kernel.md`` §8), with idempotency keys honoured.
 
     ``invoke_tool`` with a key already used in this execution answers with that step
     (and its recorded result when it finished — durable resume, DESIGN §5.4) instead of
     creating another; a key whose step was cancelled or timed out starts a new step.
+    ``rate_limited`` is the caller's verdict from the shared rate-limit counters for this
+    call (``spec/policy.md`` §7); it matters only when policy allows by a rule with a
+    ``rate_limit``. A policy denial and a rate-limit hit record ``intent.denied`` and
+    answer ``FORBIDDEN`` / ``RATE_LIMITED`` (DESIGN §8). ``require_approval`` creates the
+    step, records ``step.approval_required`` and blocks the execution (§16).
     """
     _check_session(rec, req.session_id)
     if isinstance(req.intent, api.Wait):
@@ -197,7 +244,12 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
             return Decision([], api.IntentReply(signal_received=True, signal_payload=done.payload))
         if done is not None and rec.status is ExecutionStatus.BLOCKED and rec.blocked_key == wait_key:
             return Decision([], api.IntentReply())  # a retried copy of the wait that blocked
-    elif req.request_id and req.request_id in rec.request_keys and not isinstance(req.intent, api.InvokeTool):
+    elif isinstance(req.intent, api.InvokeTool):
+        key = req.intent.idempotency_key
+        prior = rec.steps.get(rec.step_keys[key]) if key and key in rec.step_keys else None
+        if prior is not None and prior.status not in (StepStatus.CANCELLED, StepStatus.TIMED_OUT):
+            return Decision([], _replayed(rec, prior))  # a repeated call: its step, not a new one
+    elif req.request_id and req.request_id in rec.request_keys:
         return Decision([], api.IntentReply())  # a retried complete/fail whose first copy was recorded
     if rec.terminal:
         raise _terminal_error(rec)
@@ -208,17 +260,22 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
     b = _builder(rec, now)
     match it:
         case api.InvokeTool():
-            if it.idempotency_key and it.idempotency_key in rec.step_keys:
-                prior = rec.steps[rec.step_keys[it.idempotency_key]]
-                if prior.status not in (StepStatus.CANCELLED, StepStatus.TIMED_OUT):
-                    return Decision([], _replayed(prior))
-            decision = policy.evaluate(PolicyInput(
-                tool_id=it.tool_id, agent_id=rec.agent_id, labels=rec.labels or {}, arguments=it.arguments,
-                step_count=rec.step_count, duration_ms=int((now - rec.created_at).total_seconds() * 1000)))
-            if not decision.allowed:
+            decision = policy.evaluate(policy_input(rec, it.tool_id, it.arguments, now))
+            version = policy.version
+            if decision.allowed and decision.rate_limit is not None and rate_limited:
+                reason = f"rate limit exceeded: max {decision.rate_limit.max} per {decision.rate_limit.window}"
                 b.add(ev.IntentDenied, ev.IntentDeniedPayload(
                     intent_type="invoke_tool", tool_id=it.tool_id, arguments=it.arguments,
-                    idempotency_key=it.idempotency_key, reason=decision.reason, rule_id=decision.rule_id))
+                    idempotency_key=it.idempotency_key, reason=reason, rule_id=decision.rule_id,
+                    policy_version=version))
+                err = KernelError("RATE_LIMITED", f"{reason} (rule: {decision.rule_id})",
+                                  {"rule_id": decision.rule_id, "tool_id": it.tool_id})
+                return Decision(b.events, None, error=err)
+            if decision.decision == "deny":
+                b.add(ev.IntentDenied, ev.IntentDeniedPayload(
+                    intent_type="invoke_tool", tool_id=it.tool_id, arguments=it.arguments,
+                    idempotency_key=it.idempotency_key, reason=decision.reason, rule_id=decision.rule_id,
+                    policy_version=version))
                 err = KernelError("FORBIDDEN", f"policy denied: {decision.reason} (rule: {decision.rule_id})",
                                   {"rule_id": decision.rule_id, "tool_id": it.tool_id})
                 return Decision(b.events, None, error=err)
@@ -228,6 +285,19 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
                 if not runner_id:
                     raise KernelError("NOT_FOUND", f"no runner advertises tool {it.tool_id!r}",
                                       {"tool_id": it.tool_id})
+            step_id = new_id()
+            if decision.decision == "require_approval":  # E6: held; no intent.accepted (§8.2)
+                deadline = now + limits.step_timeout  # the rule's timeout_ms is ignored (§8.2)
+                b.add(ev.StepCreated, ev.StepCreatedPayload(
+                    tool_id=it.tool_id, arguments=it.arguments, deadline=deadline, remote=it.remote,
+                    max_attempts=1, attempt=1, idempotency_key=it.idempotency_key), step_id)
+                b.add(ev.StepApprovalRequired, ev.StepApprovalRequiredPayload(
+                    tool_id=it.tool_id, arguments=it.arguments, remote=it.remote, reason=decision.reason,
+                    rule_id=decision.rule_id, policy_version=version), step_id)
+                b.add(ev.ExecutionBlocked, ev.ExecutionBlockedPayload(
+                    reason="approval", ref=step_id, tool_id=it.tool_id, arguments=it.arguments, remote=it.remote))
+                return Decision(b.events, api.IntentReply(step_id=step_id, step_status="pending",
+                                                          pending_approval=True))
             timeout = timedelta(milliseconds=decision.timeout_ms) if decision.timeout_ms > 0 else limits.step_timeout
             deadline = now + timeout
             details: dict[str, Any] = {"tool_id": it.tool_id}
@@ -235,12 +305,11 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
                 details["arguments"] = it.arguments
             if it.idempotency_key:
                 details["idempotency_key"] = it.idempotency_key
-            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="invoke_tool", details=details))
-            step_id = new_id()
+            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="invoke_tool", details=details,
+                                                              rule_id=decision.rule_id, policy_version=version))
             b.add(ev.StepCreated, ev.StepCreatedPayload(
                 tool_id=it.tool_id, arguments=it.arguments, deadline=deadline, remote=it.remote,
-                max_attempts=REMOTE_MAX_ATTEMPTS if it.remote else 1, attempt=1,
-                idempotency_key=it.idempotency_key), step_id)
+                max_attempts=MAX_ATTEMPTS, attempt=1, idempotency_key=it.idempotency_key), step_id)
             jobs = []
             if it.remote:
                 job = Job(id=new_id(), execution_id=rec.id, step_id=step_id, tool_id=it.tool_id, attempt=1,
@@ -281,47 +350,108 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
 
 
 # ----------------------------------------------------------- step result --
-def step_result(rec: ExecutionRecord, req: api.StepResult, now: datetime) -> Decision:
-    """A local step's outcome from the session's agent (S7/S8; never retried)."""
+def step_result(rec: ExecutionRecord, req: api.StepResult, now: datetime, *, limits: Limits) -> Decision:
+    """A local step's outcome from the session's agent (S7/S8/S9).
+
+    A failure reported ``retryable`` with attempts left records ``step.failed`` (retryable)
+    and ``step.retried`` with the retry's ``not_before`` and a fresh deadline; the reply
+    tells the agent to run the body again after the delay (``spec/kernel.md`` §11, here
+    for local steps too)."""
     _check_session(rec, req.session_id)
     step = _step(rec, req.step_id)
     if step.remote:
         raise KernelError("VALIDATION_ERROR", f"step {step.id} is remote; its runner reports the result")
     if not step.active:
         succeeded = step.status is StepStatus.SUCCEEDED
-        return _repeat_of_outcome(step, (succeeded and step.result == req.data) if req.success else not succeeded)
+        return _repeat_of_outcome(step, (succeeded and step.result == req.data) if req.success else not succeeded,
+                                  api.StepResultReply())
     if rec.terminal:
         raise _terminal_error(rec)
     b = _builder(rec, now)
     if req.success:
         b.add(ev.StepCompleted, ev.StepCompletedPayload(result=req.data), step.id)
-    else:
-        b.add(ev.StepFailed, ev.StepFailedPayload(error=req.error or "tool failed", retryable=False), step.id)
-    return Decision(b.events, api.Ok())
+        return Decision(b.events, api.StepResultReply())
+    error = req.error or "tool failed"
+    if req.retryable and step.attempt < step.max_attempts:
+        nxt = step.attempt + 1
+        delay = retry_delay(limits, nxt)
+        b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=True), step.id)
+        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=nxt, not_before=now + delay,
+                                                    deadline=now + delay + limits.step_timeout), step.id)
+        return Decision(b.events, api.StepResultReply(retry_attempt=nxt,
+                                                      retry_delay_ms=int(delay.total_seconds() * 1000)))
+    b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=False), step.id)
+    return Decision(b.events, api.StepResultReply())
 
 
-def _repeat_of_outcome(step: StepRecord, same: bool) -> Decision:
-    """A report for a finished step: a retried copy of the recorded outcome is answered Ok
-    (requests are retried when a reply is lost); anything else is a conflict."""
+def _repeat_of_outcome(step: StepRecord, same: bool, reply: Any = None) -> Decision:
+    """A report for a finished step: a retried copy of the recorded outcome is answered as
+    the first was (requests are retried when a reply is lost); anything else is a conflict."""
     if same:
-        return Decision([], api.Ok())
+        return Decision([], reply if reply is not None else api.Ok())
     raise KernelError("CONFLICT", f"step already resolved: step {step.id} is {step.status.value}",
                       {"step_id": step.id, "status": step.status.value})
 
 
 # ---------------------------------------------------------------- signal --
-def signal(rec: ExecutionRecord, req: api.SignalExecution, now: datetime) -> Decision:
-    """``signal.received``, and ``execution.resumed`` when it is the awaited type (E7, §15)."""
+def signal(rec: ExecutionRecord, req: api.SignalExecution, now: datetime, *, limits: Limits,
+           pick_runner: Callable[[str], str | None]) -> Decision:
+    """``signal.received``, and what it resumes (``spec/kernel.md`` §15, §16).
+
+    The awaited signal type resumes a ``wait`` (E7). ``step.approve`` with payload
+    ``{step_id, approved, reason?}`` on an execution held for approval grants the step
+    (a local step gets a fresh deadline, a remote one its job) or denies it
+    (``step.failed``), then resumes (E8/E9). Unlike the original, an approval signal that
+    names another step or whose payload is not an object is refused (``VALIDATION_ERROR``)
+    before anything is recorded, and the approval signal is consumed rather than left pending.
+    """
     if req.request_id and req.request_id in rec.request_keys:
         return Decision([], api.Ok())
     if rec.terminal:
         raise _terminal_error(rec)
+    approval = (req.signal_type == APPROVE_SIGNAL and rec.status is ExecutionStatus.BLOCKED
+                and rec.blocked_reason == "approval")
+    if approval:
+        p = req.payload
+        if not isinstance(p, dict):
+            raise KernelError("VALIDATION_ERROR", "approval payload must be an object "
+                              "{step_id, approved, reason?}", {"execution_id": rec.id})
+        if p.get("step_id") != rec.blocked_ref:
+            raise KernelError("VALIDATION_ERROR", f"approval step_id {p.get('step_id')!r} does not match "
+                              f"blocked ref {rec.blocked_ref!r}", {"blocked_ref": rec.blocked_ref})
+        approved = p.get("approved", False)
+        reason = p.get("reason") or ""
+        if not isinstance(approved, bool) or not isinstance(reason, str):
+            raise KernelError("VALIDATION_ERROR", "approval 'approved' must be a boolean and 'reason' a string")
     b = _builder(rec, now)
     sig = b.add(ev.SignalReceived, ev.SignalReceivedPayload(signal_type=req.signal_type, payload=req.payload))
-    if rec.status is ExecutionStatus.BLOCKED and rec.blocked_reason == "signal" and rec.blocked_ref == req.signal_type:
+    jobs: list[Job] = []
+    if approval:
+        step = _step(rec, rec.blocked_ref)
+        if approved:
+            deadline = now + limits.step_timeout
+            if step.remote:
+                runner_id = pick_runner(step.tool_id) or ""
+                if not runner_id:
+                    raise KernelError("NOT_FOUND", f"no runner advertises tool {step.tool_id!r}",
+                                      {"tool_id": step.tool_id})
+                job = Job(id=new_id(), execution_id=rec.id, step_id=step.id, tool_id=step.tool_id,
+                          attempt=step.attempt, deadline=deadline, runner_id=runner_id, arguments=step.arguments)
+                b.add(ev.StepDispatched, ev.StepDispatchedPayload(runner_id=runner_id, job_id=job.id,
+                                                                  deadline=deadline), step.id)
+                jobs.append(job)
+            else:
+                b.add(ev.StepDispatched, ev.StepDispatchedPayload(deadline=deadline), step.id)
+            b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(reason="approval granted", signal_id=sig.id))
+        else:
+            b.add(ev.StepFailed, ev.StepFailedPayload(error=reason or "approval denied by human",
+                                                      retryable=False), step.id)
+            b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(reason="approval denied", signal_id=sig.id))
+    elif (rec.status is ExecutionStatus.BLOCKED and rec.blocked_reason == "signal"
+          and rec.blocked_ref == req.signal_type):
         b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(
             reason=f"signal received: {req.signal_type}", signal_id=sig.id, idempotency_key=rec.blocked_key))
-    return Decision(b.events, api.Ok())
+    return Decision(b.events, api.Ok(), jobs=jobs)
 
 
 # ---------------------------------------------------------------- cancel --
@@ -335,6 +465,64 @@ def cancel(rec: ExecutionRecord, req: api.CancelExecution, now: datetime) -> Dec
     b = _builder(rec, now)
     _cancel_active(b, rec, "execution cancelled")
     b.add(ev.ExecutionCancelled, ev.ReasonPayload(reason="cancelled by request"))
+    return Decision(b.events, None)
+
+
+# ---------------------------------------------------------------- timers --
+def _lease_lapsed(rec: ExecutionRecord, lease: Lease | None, now: datetime) -> bool:
+    return (lease is not None and rec.session is not None and lease.session_id == rec.session.id
+            and rec.status in (ExecutionStatus.RUNNING, ExecutionStatus.BLOCKED) and now >= lease.expires_at)
+
+
+def next_due(rec: ExecutionRecord, limits: Limits, lease: Lease | None) -> datetime | None:
+    """When :func:`expire` next has something to do for ``rec`` (None: never, e.g. terminal)."""
+    if rec.terminal:
+        return None
+    due: list[datetime] = []
+    if limits.execution_timeout > timedelta(0):
+        due.append(rec.created_at + limits.execution_timeout)
+    if rec.status is not ExecutionStatus.BLOCKED:
+        due.extend(s.deadline for s in rec.active_steps())
+    if (lease is not None and rec.session is not None and lease.session_id == rec.session.id
+            and rec.status in (ExecutionStatus.RUNNING, ExecutionStatus.BLOCKED)):
+        due.append(lease.expires_at)
+    return min(due) if due else None
+
+
+def expire(rec: ExecutionRecord, now: datetime, *, limits: Limits, lease: Lease | None = None) -> Decision:
+    """Deadlines that passed by ``now`` (DESIGN §4.7; ``spec/kernel.md`` §13), in this order:
+
+    * the execution's deadline (``created_at + execution_timeout``): E13, ``step.cancelled``
+      for active steps and ``execution.failed`` "execution exceeded maximum duration";
+    * the session's lease (no ``agent.renew`` in time): ``agent.timeout``, ``step.cancelled``
+      for active steps, ``execution.reset`` (``lease_expired``) and a new assignment notice,
+      so another instance takes the execution over and the silent one is fenced;
+    * step deadlines, unless the execution is blocked: ``step.timed_out`` for each overdue
+      step. Unlike the original (E12), the execution goes on: the agent's call raises a
+      timeout error that the handler may handle.
+
+    Nothing due gives a decision without events. Any replica may call this; the append
+    guard makes a second firing of the same deadline a no-op.
+    """
+    if rec.terminal:
+        return Decision([], None)
+    b = _builder(rec, now)
+    if limits.execution_timeout > timedelta(0) and now >= rec.created_at + limits.execution_timeout:
+        _cancel_active(b, rec, "execution exceeded maximum duration")
+        b.add(ev.ExecutionFailed, ev.ErrorPayload(error="execution exceeded maximum duration"))
+        return Decision(b.events, None)
+    if _lease_lapsed(rec, lease, now):
+        assert rec.session is not None
+        b.add(ev.AgentTimeout, ev.AgentTimeoutPayload(session_id=rec.session.id))
+        _cancel_active(b, rec, "agent lease expired")
+        reset = b.add(ev.ExecutionReset, ev.ExecutionResetPayload(reason="lease_expired",
+                                                                  from_status=rec.status.value))
+        notice = AssignmentNotice(execution_id=rec.id, agent_id=rec.agent_id, created_at=rec.created_at)
+        return Decision(b.events, None, notices=[notice], notice_msg_id=f"{rec.id}:{reset.id}")
+    if rec.status is not ExecutionStatus.BLOCKED:
+        for step in rec.active_steps():
+            if now >= step.deadline:
+                b.add(ev.StepTimedOut, ev.EmptyPayload(), step.id)
     return Decision(b.events, None)
 
 
@@ -386,11 +574,13 @@ def runner_result(rec: ExecutionRecord, req: api.RunnerResult, now: datetime, *,
         return Decision(b.events, api.Ok())
     error = req.error or "tool failed"
     if req.retryable and step.attempt < step.max_attempts:
+        nxt = step.attempt + 1
+        not_before = now + retry_delay(limits, nxt)
         b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=True), step.id)
-        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=step.attempt + 1), step.id)
-        deadline = now + limits.step_timeout
-        job = Job(id=new_id(), execution_id=rec.id, step_id=step.id, tool_id=step.tool_id,
-                  attempt=step.attempt + 1, deadline=deadline, runner_id=req.runner_id, arguments=step.arguments)
+        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=nxt, not_before=not_before), step.id)
+        deadline = not_before + limits.step_timeout
+        job = Job(id=new_id(), execution_id=rec.id, step_id=step.id, tool_id=step.tool_id, attempt=nxt,
+                  deadline=deadline, runner_id=req.runner_id, arguments=step.arguments, not_before=not_before)
         b.add(ev.StepDispatched, ev.StepDispatchedPayload(runner_id=req.runner_id, job_id=job.id,
                                                           deadline=deadline), step.id)
         return Decision(b.events, api.Ok(), jobs=[job])

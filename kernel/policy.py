@@ -45,6 +45,7 @@ class PolicyInput:
     step_count: int = 0
     duration_ms: int = 0
     action: str = _TOOL_ACTION
+    now: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class PolicyDecision:
     rule_id: str
     reason: str = ""
     timeout_ms: int = 0
+    rate_limit: Any = None
 
     @property
     def allowed(self) -> bool:
@@ -143,6 +145,7 @@ class Policy:
     rules: tuple[Rule, ...]
     default: PolicyDecision
     source: str = "<memory>"
+    version: str = ""
 
     def evaluate(self, inp: PolicyInput) -> PolicyDecision:
         """Decide ``inp``: the first matching rule by priority, else the default."""
@@ -302,3 +305,9 @@ def load_policy(path: str | Path) -> Policy:
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise PolicyError(f"{p}: parsing policy YAML{line}: {getattr(e, 'problem', e)}") from e
     return parse_policy(doc, str(p))
+
+
+def policy_from_sources(files: Mapping[str, str], origin: str) -> Policy:
+    """(Interim) a policy from one in-memory file."""
+    (name, text), = files.items()
+    return parse_policy(yaml.safe_load(text), f"{origin}/{name}" if name else origin)

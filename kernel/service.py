@@ -16,7 +16,7 @@ import base64
 import contextlib
 import itertools
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -28,16 +28,18 @@ from nats.aio.msg import Msg
 from schemas import api, codec
 from schemas.events import EventBatch
 from schemas.ids import InvalidIdError, new_id
-from schemas.records import ExecutionRecord, ExecutionStatus
+from schemas.records import ExecutionRecord, ExecutionStatus, LeaseRecord, PolicyBundle
 from schemas.subjects import HEADER_SCHEMA, HEADER_TYPE, KERNEL_QUEUE, Names
 
 from . import machine
 from .config import KernelConfig
 from .errors import KernelError
-from .policy import Policy
+from .policy import Policy, PolicyError, policy_from_sources
+from .ratelimit import RateLimitUnavailable, RateLimiter
 from .state import FoldError, apply_batch, replay_calls
 from .directory import ToolDirectory
 from .store import SequenceConflict, Store
+from .timers import Timers
 
 __all__ = ["Kernel"]
 
@@ -82,7 +84,9 @@ class Kernel:
         self.policy = policy
         self.config = config or KernelConfig()
         self.kernel_id = self.config.kernel_id or f"kernel-{new_id()[-12:]}"
-        self.limits = machine.Limits(step_timeout=self.config.step_timeout)
+        c = self.config
+        self.limits = machine.Limits(step_timeout=c.step_timeout, execution_timeout=c.execution_timeout,
+                                     retry_base_delay=c.retry_base_delay, retry_max_delay=c.retry_max_delay)
         self.store = Store(nc, names, self.config)
         self.directory = ToolDirectory(self.store)
         self.started_at = _now()
@@ -91,6 +95,9 @@ class Kernel:
         self._saves: dict[str, asyncio.Task] = {}
         self._rr = itertools.count()
         self._sub = None
+        self.timers: Timers | None = None
+        self.limiter: RateLimiter | None = None
+        self._policy_watch: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(self.config.request_concurrency)
         self.log = log.bind(kernel_id=self.kernel_id)
@@ -98,7 +105,7 @@ class Kernel:
             "executions.create": self._create, "executions.get": self._get, "executions.list": self._list,
             "executions.cancel": self._cancel, "executions.signal": self._signal,
             "executions.events": self._events, "tools.list": self._tools_list, "agent.claim": self._claim,
-            "agent.intent": self._intent, "agent.step_result": self._step_result,
+            "agent.intent": self._intent, "agent.step_result": self._step_result, "agent.renew": self._renew,
             "runner.register": self._register, "runner.started": self._runner_started,
             "runner.result": self._runner_result, "health": self._health,
         }
@@ -108,6 +115,12 @@ class Kernel:
         """Create streams and buckets (idempotent), load the tool directory, start serving."""
         await self.store.start()
         await self.directory.start()
+        self.limiter = RateLimiter(self.store.kv["ratelimit"])
+        await self._adopt_applied_policy()
+        self._policy_watch = asyncio.create_task(self._watch_policy(), name="rebuno-kernel-policy-watch")
+        self.timers = Timers(self.store.kv["executions"], self.store.kv["leases"], self.limits, self._fire,
+                             self.config.timer_interval)
+        await self.timers.start()
         self._sub = await self.nc.subscribe(self.names.api_wildcard, queue=KERNEL_QUEUE, cb=self._on_msg,
                                             pending_msgs_limit=65536)
         self.log.info("kernel replica serving", subject=self.names.api_wildcard, queue=KERNEL_QUEUE,
@@ -123,6 +136,12 @@ class Kernel:
             await asyncio.wait(set(self._tasks), timeout=10)
         if self._saves:
             await asyncio.wait(set(self._saves.values()), timeout=10)
+        if self.timers is not None:
+            await self.timers.stop()
+        if self._policy_watch is not None:
+            self._policy_watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._policy_watch
         await self.directory.stop()
         self.log.info("kernel replica stopped")
 
@@ -328,7 +347,7 @@ class Kernel:
                 apply_batch(rec, batch, seq)
                 self._save_later(execution_id, rec, revision)
                 if decision.notices or decision.jobs:
-                    await self.store.publish_all(decision.notices, decision.jobs)
+                    await self.store.publish_all(decision.notices, decision.jobs, decision.notice_msg_id)
                 return rec, decision
         raise KernelError("SERVICE_UNAVAILABLE", f"execution {execution_id} is too contended; retry")
 
@@ -405,11 +424,23 @@ class Kernel:
         return rec.view()
 
     async def _signal(self, req: api.SignalExecution) -> Any:
-        _, decision = await self._transact(req.execution_id, lambda r: machine.signal(r, req, _now()), req.request_id)
+        rec, decision = await self._transact(
+            req.execution_id, lambda r: machine.signal(r, req, _now(), limits=self.limits, pick_runner=self._pick),
+            req.request_id)
+        for event in decision.events:
+            if event.type == "execution.resumed":
+                self.log.info("execution resumed", execution_id=rec.id, reason=event.payload.reason)
         return decision.reply
+
+    def _pick(self, tool_id: str) -> str | None:
+        """A runner for ``tool_id`` from this replica's directory view (round-robin)."""
+        candidates = self.directory.cached_runner_ids(tool_id)
+        return candidates[next(self._rr) % len(candidates)] if candidates else None
 
     async def _claim(self, req: api.Claim) -> Any:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.claim(r, req, _now()))
+        if rec.session is not None:
+            await self._put_lease(rec.id, rec.session.id, self._lease_for(req.lease_ms))
         if decision.events:
             self.log.info("execution claimed", execution_id=rec.id, consumer_id=req.consumer_id,
                      session_id=rec.session.id if rec.session else "", delivery=req.delivery)
@@ -438,18 +469,85 @@ class Kernel:
         def pick(_tool_id: str) -> str | None:
             return candidates[next(self._rr) % len(candidates)] if candidates else None
 
+        now = _now()
+        policy = self.policy
+        limited = await self._rate_limited(req, policy, now)
         rec, decision = await self._transact(
             req.execution_id,
-            lambda r: machine.intent(r, req, _now(), policy=self.policy, limits=self.limits, pick_runner=pick),
+            lambda r: machine.intent(r, req, now, policy=policy, limits=self.limits, pick_runner=pick,
+                                     rate_limited=limited),
             req.request_id)
         if decision.error is not None:
             self.log.info("intent denied", execution_id=rec.id, error=decision.error.message)
             raise decision.error
+        if decision.reply is not None and getattr(decision.reply, "pending_approval", False) and decision.events:
+            self.log.info("tool call held for approval", execution_id=rec.id, step_id=decision.reply.step_id,
+                          tool_id=req.intent.tool_id)  # type: ignore[union-attr]
         return decision.reply
 
+    async def _rate_limited(self, req: api.IntentRequest, policy: Any, now: datetime) -> bool:
+        """The shared rate-limit verdict for a tool call that would create a step (``spec/policy.md``
+        §7): only for an ``allow`` by a rule with a ``rate_limit``. A call that will not create a
+        step (wrong session, repeated key, blocked or finished execution) takes no slot."""
+        it = req.intent
+        if not isinstance(it, api.InvokeTool) or self.limiter is None:
+            return False
+        rec, _ = await self._load(req.execution_id)
+        if (rec.session is None or rec.session.id != req.session_id or rec.status is not ExecutionStatus.RUNNING
+                or (it.idempotency_key and it.idempotency_key in rec.step_keys)):
+            return False
+        decision = policy.evaluate(machine.policy_input(rec, it.tool_id, it.arguments, now))
+        limit = decision.rate_limit
+        if not decision.allowed or limit is None:
+            return False
+        try:
+            passed = await self.limiter.acquire(rec.agent_id, it.tool_id, limit.max, limit.window_ns, now)
+        except RateLimitUnavailable as exc:
+            raise KernelError("SERVICE_UNAVAILABLE", f"rate limit could not be checked: {exc}") from exc
+        return not passed
+
     async def _step_result(self, req: api.StepResult) -> Any:
-        _, decision = await self._transact(req.execution_id, lambda r: machine.step_result(r, req, _now()))
+        _, decision = await self._transact(req.execution_id,
+                                           lambda r: machine.step_result(r, req, _now(), limits=self.limits))
         return decision.reply
+
+    # ---------------------------------------------------------------- leases --
+    def _lease_for(self, lease_ms: int) -> timedelta:
+        return timedelta(milliseconds=lease_ms) if lease_ms > 0 else self.config.agent_lease
+
+    async def _put_lease(self, execution_id: str, session_id: str, lease: timedelta) -> None:
+        record = LeaseRecord(session_id=session_id, expires_at=_now() + lease)
+        await self.store.kv["leases"].put(execution_id, msgspec.json.encode(record))
+
+    async def _renew(self, req: api.Renew) -> Any:
+        """``agent.renew``: extend the session's lease (the session must be current)."""
+        rec, _ = await self._load(req.execution_id)
+        if rec.session is None or rec.session.id != req.session_id:
+            rec, _ = await self._load(req.execution_id, fresh=True)
+        if rec.terminal:
+            raise KernelError("CONFLICT", f"execution is in terminal state: execution {rec.id} is "
+                              f"{rec.status.value}", {"execution_id": rec.id, "status": rec.status.value})
+        if rec.session is None or rec.session.id != req.session_id:
+            raise KernelError("UNAUTHORIZED", f"session not found: session {req.session_id}",
+                              {"execution_id": rec.id, "session_id": req.session_id})
+        await self._put_lease(rec.id, req.session_id, self._lease_for(req.lease_ms))
+        return api.Ok()
+
+    # ---------------------------------------------------------------- timers --
+    async def _fire(self, execution_id: str) -> None:
+        """Whatever of ``execution_id`` is due now (called by :class:`Timers` on any replica)."""
+        try:
+            entry = await self.store.kv["leases"].get(execution_id)
+            stored = msgspec.json.decode(entry.value, type=LeaseRecord) if entry.value else None
+            lease = machine.Lease(stored.session_id, stored.expires_at) if stored else None
+        except (nats.js.errors.KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            lease = None
+        rec, decision = await self._transact(
+            execution_id, lambda r: machine.expire(r, _now(), limits=self.limits, lease=lease))
+        for event in decision.events:
+            if event.type in ("step.timed_out", "execution.failed", "execution.reset"):
+                self.log.info("deadline fired", execution_id=execution_id, event_type=event.type,
+                              step_id=event.step_id or None)
 
     async def _runner_started(self, req: api.RunnerStarted) -> Any:
         rec, decision = await self._transact(req.execution_id, lambda r: machine.runner_started(r, req, _now()))
@@ -474,4 +572,52 @@ class Kernel:
         except Exception:  # noqa: BLE001
             js_ok = False
         return api.HealthReply(status="ok" if js_ok else "degraded", kernel_id=self.kernel_id, jetstream=js_ok,
-                               started_at=self.started_at)
+                               started_at=self.started_at, policy=self.policy.describe(),
+                               policy_version=self.policy.version)
+
+    # ---------------------------------------------------------------- policy --
+    def _bundle_policy(self, data: bytes) -> Policy:
+        bundle = msgspec.json.decode(data, type=PolicyBundle)
+        return policy_from_sources(bundle.files, bundle.origin or "rebuno policy apply")
+
+    async def _adopt_applied_policy(self) -> None:
+        """Use the policy in ``<prefix>-policy`` when one was applied: every replica enforces
+        the same rules, whatever policy it was started with."""
+        try:
+            entry = await self.store.kv["policy"].get("active")
+        except nats.js.errors.KeyNotFoundError:
+            return
+        if not entry.value:
+            return
+        try:
+            policy = self._bundle_policy(entry.value)
+        except (PolicyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.log.error("the applied policy is invalid; keeping the configured one", error=str(exc))
+            return
+        if policy.version != self.policy.version:
+            self.log.warning("using the applied policy instead of the one this replica was started with",
+                             applied=policy.describe(), applied_version=policy.version,
+                             configured=self.policy.describe(), configured_version=self.policy.version)
+        self.policy = policy
+
+    async def _watch_policy(self) -> None:
+        """Switch to each newly applied policy without a restart (``rebuno policy apply``)."""
+        while True:
+            try:
+                watcher = await self.store.kv["policy"].watch("active", include_history=False)
+                async for entry in watcher:
+                    if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
+                        continue
+                    try:
+                        policy = self._bundle_policy(entry.value)
+                    except (PolicyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        self.log.error("ignoring an invalid applied policy", error=str(exc))
+                        continue
+                    if policy.version != self.policy.version:
+                        self.policy = policy
+                        self.log.info("policy switched", policy=policy.describe(), version=policy.version)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("policy watch failed; restarting", error=repr(exc))
+                await asyncio.sleep(1.0)

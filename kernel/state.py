@@ -158,12 +158,14 @@ def apply(record: ExecutionRecord | None, event: ev.Event) -> ExecutionRecord:
         case ev.ExecutionResumed(payload=p):
             record.status = ExecutionStatus.RUNNING
             record.blocked_reason = record.blocked_ref = record.blocked_key = ""
-            if p.reason.startswith(_SIGNAL_RESUME):
-                wanted = p.reason[len(_SIGNAL_RESUME):]
+            # The resuming signal is consumed: named by id, or (older logs) the oldest of the
+            # awaited type. An approval's signal is consumed too (the original kept it pending).
+            wanted = p.reason[len(_SIGNAL_RESUME):] if p.reason.startswith(_SIGNAL_RESUME) else None
+            if p.signal_id or wanted is not None:
                 for i, sig in enumerate(record.pending_signals):
                     if (sig.id == p.signal_id) if p.signal_id else (sig.signal_type == wanted):
                         del record.pending_signals[i]
-                        if p.idempotency_key:
+                        if p.idempotency_key and wanted is not None:
                             _remember_wait(record, p.idempotency_key,
                                            WaitRecord(signal_type=wanted, resolved=True, payload=sig.payload))
                         break
@@ -217,6 +219,8 @@ def apply(record: ExecutionRecord | None, event: ev.Event) -> ExecutionRecord:
             _history(record, step)
         case ev.StepRetried(payload=p):
             step.status, step.attempt = StepStatus.PENDING, p.next_attempt
+            if p.deadline is not None:
+                step.deadline = p.deadline
             step.error, step.retryable = "", False
             step.dispatched_at = step.started_at = step.completed_at = None
             step.consumer_id = ""
@@ -226,10 +230,12 @@ def apply(record: ExecutionRecord | None, event: ev.Event) -> ExecutionRecord:
         case ev.StepCancelled(payload=p):
             step.status, step.completed_at = StepStatus.CANCELLED, ts
             _history(record, step, p.reason or "execution cancelled")
+        case ev.StepApprovalRequired():
+            step.approval = True
         case ev.SignalReceived(payload=p):
             record.pending_signals.append(PendingSignal(id=event.id, signal_type=p.signal_type, payload=p.payload))
         case ev.ExecutionCreated():
             raise FoldError("execution.created in the middle of a log")
         case _:
-            pass  # intent.*, step.approval_required, agent.timeout: informational
+            pass  # intent.*, agent.timeout: informational
     return record

@@ -53,7 +53,8 @@ async def ensure_resources(js: JetStreamContext, names: Names, config: KernelCon
     """Create (or update) every stream and bucket; idempotent, safe from several replicas at once.
 
     Returns:
-        the key-value handles by role: ``executions``, ``tools``, ``runners``.
+        the key-value handles by role: ``executions``, ``tools``, ``runners``, ``leases``,
+        ``policy`` and ``ratelimit``.
     """
     r = config.replicas
     await _ensure_stream(js, StreamConfig(
@@ -68,7 +69,8 @@ async def ensure_resources(js: JetStreamContext, names: Names, config: KernelCon
             num_replicas=r, duplicate_window=120.0, description=f"Rebuno {what} (work queue)"))
     buckets = {}
     for role, bucket in (("executions", names.executions_bucket), ("tools", names.tools_bucket),
-                         ("runners", names.runners_bucket)):
+                         ("runners", names.runners_bucket), ("leases", names.leases_bucket),
+                         ("policy", names.policy_bucket), ("ratelimit", names.ratelimit_bucket)):
         try:
             buckets[role] = await js.key_value(bucket)
             info = await js.stream_info(f"KV_{bucket}")
@@ -77,7 +79,7 @@ async def ensure_resources(js: JetStreamContext, names: Names, config: KernelCon
                 await js.update_stream(info.config)
         except nats.js.errors.BucketNotFoundError:
             buckets[role] = await js.create_key_value(KeyValueConfig(
-                bucket=bucket, history=1, replicas=r, storage=StorageType.FILE, direct=r == 1,
+                bucket=bucket, history=10 if role == "policy" else 1, replicas=r, storage=StorageType.FILE, direct=r == 1,
                 description=f"Rebuno {role}"))
     return buckets
 

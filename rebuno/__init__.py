@@ -18,6 +18,7 @@ from .errors import NotFoundError as NotFoundError
 from .errors import PolicyError as PolicyError
 from .errors import RateLimitedError as RateLimitedError
 from .errors import RebunoError as RebunoError
+from .errors import StepTimeoutError as StepTimeoutError
 from .errors import ToolError as ToolError
 from .errors import UnauthorizedError as UnauthorizedError
 from .errors import ValidationError as ValidationError
@@ -28,6 +29,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent", "Client", "Runner", "tool", "MCPServer", "remote", "execution", "ExecutionState", "types",
-    "RebunoError", "APIError", "PolicyError", "RateLimitedError", "ToolError", "NetworkError", "ConflictError",
+    "RebunoError", "APIError", "PolicyError", "RateLimitedError", "ToolError", "StepTimeoutError", "NetworkError", "ConflictError",
     "NotFoundError", "UnauthorizedError", "ValidationError", "__version__",
 ]

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from schemas import api, codec
 from schemas import events as ev
 
+from . import mcp as _mcp
 from . import remote as _remote
 from ._binding import InputBinder
 from . import _loop
@@ -35,7 +36,8 @@ from ._logging import configure_logging
 from ._tools import call_body, get_tool, jsonable as _jsonable, run_tool
 from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
 from .errors import (
-    ClientClosedError, ConflictError, NotFoundError, PolicyError, RebunoError, ToolError, UnauthorizedError,
+    ClientClosedError, ConflictError, NotFoundError, PolicyError, RebunoError, StepTimeoutError, ToolError,
+    UnauthorizedError,
 )
 
 __all__ = ["Agent"]
@@ -56,6 +58,9 @@ class _Run:
         self.step_waiters: dict[str, asyncio.Future] = {}
         self.signal_payloads: dict[str, Any] = {}
         self.signal_waiters: dict[str, asyncio.Future] = {}
+        self.dispatched: dict[str, ev.Event] = {}
+        """``step.dispatched`` of steps not finished yet (an approval's grant)."""
+        self.approval_waiters: dict[str, asyncio.Future] = {}
         self.resumed_waits: dict[str, Any] = {}
         self.calls: dict[str, int] = {}
         self.task: asyncio.Task | None = None
@@ -66,6 +71,11 @@ class _Run:
     # -- events from the execution's log -------------------------------------------------
     def on_event(self, event: ev.Event) -> None:
         match event:
+            case ev.StepDispatched():
+                self.dispatched[event.step_id] = event
+                fut = self.approval_waiters.pop(event.step_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(event)
             case ev.StepCompleted() | ev.StepTimedOut() | ev.StepCancelled():
                 self._resolve_step(event)
             case ev.StepFailed(payload=p) if not p.retryable:
@@ -94,20 +104,41 @@ class _Run:
 
     def _resolve_step(self, event: ev.Event) -> None:
         self.outcomes[event.step_id] = event
-        fut = self.step_waiters.pop(event.step_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(event)
+        self.dispatched.pop(event.step_id, None)
+        for waiters in (self.step_waiters, self.approval_waiters):
+            fut = waiters.pop(event.step_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(event)
+
+    def _step_end(self, step_id: str) -> asyncio.Future:
+        """A future resolved with the step's final event (completed, failed for good, timed out,
+        cancelled) as it reaches this instance's log follower."""
+        fut = self.step_waiters.get(step_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            if step_id in self.outcomes:
+                fut.set_result(self.outcomes[step_id])
+            else:
+                self.step_waiters[step_id] = fut
+        return fut
 
     async def _await_step(self, step_id: str) -> ev.Event:
+        return await asyncio.shield(self._step_end(step_id))
+
+    async def _await_approval(self, step_id: str) -> ev.Event:
+        """The decision on a step held for approval: its ``step.dispatched`` (granted) or its end
+        (``step.failed`` when denied; cancelled or timed out otherwise)."""
         if step_id in self.outcomes:
             return self.outcomes[step_id]
-        fut = self.step_waiters.setdefault(step_id, asyncio.get_running_loop().create_future())
-        return await fut
+        if step_id in self.dispatched:
+            return self.dispatched[step_id]
+        fut = self.approval_waiters.setdefault(step_id, asyncio.get_running_loop().create_future())
+        return await asyncio.shield(fut)
 
     # -- execution.* backend ---------------------------------------------------------------
     async def invoke_tool(self, tool_id: str, arguments: Any, *, idempotency_key: str = "",
                           local_fn: Callable[..., Any] | None = None, force_remote: bool = False) -> Any:
-        spec = get_tool(tool_id)
+        spec = get_tool(tool_id) or _mcp.local_spec(tool_id)
         if local_fn is None and not force_remote and spec is not None and not spec.remote:
             local_fn = spec.fn
         n = self.calls.get(tool_id, 0) + 1
@@ -130,35 +161,80 @@ class _Run:
             return reply.result
         if reply.step_status in ("failed", "cancelled", "timed_out"):
             raise ToolError(reply.error or f"tool {tool_id} {reply.step_status}", tool_id, step_id)
-        if not remote and reply.step_status == "pending":
-            try:
-                if spec is not None and spec.fn is local_fn:
-                    result = _jsonable(await run_tool(spec, arguments))
-                else:
-                    result = _jsonable(await call_body(local_fn, arguments))  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported, then raised as ToolError
-                log.warning("local tool failed", error=str(exc))
-                await self.req.call("agent.step_result", api.StepResult(
-                    execution_id=self.id, session_id=self.session_id, step_id=step_id, success=False,
-                    error=str(exc)[:65536] or type(exc).__name__))
-                if isinstance(exc, ToolError):
-                    raise
-                raise ToolError(str(exc) or type(exc).__name__, tool_id, step_id) from exc
-            await self.req.call("agent.step_result", api.StepResult(
-                execution_id=self.id, session_id=self.session_id, step_id=step_id, success=True, data=result))
-            return result
+        if reply.pending_approval:
+            log.info("tool call waits for human approval")
+            decided = await self._await_approval(step_id)
+            if isinstance(decided, ev.StepFailed):
+                reason = decided.payload.error
+                raise PolicyError(f"Tool invocation denied by human approval: {reason}", "FORBIDDEN",
+                                  {"tool_id": tool_id, "step_id": step_id, "reason": reason})
+            if not isinstance(decided, ev.StepDispatched):
+                raise self._step_error(decided, tool_id, step_id)
+            log.info("tool call approved")
+            if not remote:
+                return await self._run_local(spec, local_fn, tool_id, step_id, arguments, log)  # type: ignore[arg-type]
+        elif not remote and reply.step_status in ("pending", "dispatched"):
+            return await self._run_local(spec, local_fn, tool_id, step_id, arguments, log)  # type: ignore[arg-type]
         outcome = await self._await_step(step_id)
+        if isinstance(outcome, ev.StepCompleted):
+            return outcome.payload.result
+        raise self._step_error(outcome, tool_id, step_id)
+
+    @staticmethod
+    def _step_error(outcome: ev.Event, tool_id: str, step_id: str) -> ToolError:
         match outcome:
-            case ev.StepCompleted(payload=p):
-                return p.result
             case ev.StepFailed(payload=p):
-                raise ToolError(p.error or "tool execution failed", tool_id, step_id)
+                return ToolError(p.error or "tool execution failed", tool_id, step_id)
             case ev.StepTimedOut():
-                raise ToolError(f"tool {tool_id} timed out (step {step_id})", tool_id, step_id)
+                return StepTimeoutError(f"tool {tool_id} timed out (step {step_id})", tool_id, step_id)
             case _:
-                raise ToolError(f"tool {tool_id} was cancelled (step {step_id})", tool_id, step_id)
+                reason = getattr(getattr(outcome, "payload", None), "reason", "") or "cancelled"
+                return ToolError(f"tool {tool_id} was cancelled (step {step_id}): {reason}", tool_id, step_id)
+
+    async def _run_local(self, spec: Any, local_fn: Callable[..., Any], tool_id: str, step_id: str,
+                         arguments: Any, log: Any) -> Any:
+        """Run a local step's body and report its outcome, racing the step's end in the log: a
+        deadline (``step.timed_out``) or a cancellation stops the body. A failure the body marks
+        retryable (``ToolError(retryable=True)``) is retried as the kernel says (§11)."""
+        ended = self._step_end(step_id)
+        while True:
+            if spec is not None and spec.fn is local_fn:
+                body = asyncio.ensure_future(run_tool(spec, arguments))
+            else:
+                body = asyncio.ensure_future(call_body(local_fn, arguments))
+            try:
+                await asyncio.wait({body, ended}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                body.cancel()
+                raise
+            if not body.done():
+                body.cancel()
+                with contextlib.suppress(BaseException):
+                    await body
+                log.warning("local tool stopped: its step ended in the kernel", event_type=ended.result().type)
+                raise self._step_error(ended.result(), tool_id, step_id)
+            if body.cancelled():
+                raise asyncio.CancelledError()
+            exc = body.exception()
+            if exc is None:
+                result = _jsonable(body.result())
+                await self.req.call("agent.step_result", api.StepResult(
+                    execution_id=self.id, session_id=self.session_id, step_id=step_id, success=True, data=result))
+                return result
+            retryable = bool(getattr(exc, "retryable", False))
+            log.warning("local tool failed", error=str(exc), retryable=retryable)
+            reply: api.StepResultReply = await self.req.call("agent.step_result", api.StepResult(
+                execution_id=self.id, session_id=self.session_id, step_id=step_id, success=False,
+                error=str(exc)[:65536] or type(exc).__name__, retryable=retryable))
+            if not reply.retry_attempt:
+                if isinstance(exc, ToolError):
+                    exc.tool_id, exc.step_id = exc.tool_id or tool_id, exc.step_id or step_id
+                    raise exc
+                raise ToolError(str(exc) or type(exc).__name__, tool_id, step_id) from exc
+            log.info("retrying local tool", attempt=reply.retry_attempt, delay_ms=reply.retry_delay_ms)
+            await asyncio.wait({ended}, timeout=reply.retry_delay_ms / 1000)
+            if ended.done():
+                raise self._step_error(ended.result(), tool_id, step_id)
 
     async def wait_signal(self, signal_type: str, timeout: float | None = None) -> Any:
         n = self.calls.get(f"wait:{signal_type}", 0) + 1
@@ -274,6 +350,7 @@ class Agent(WorkerInstance):
             request_timeout=request_timeout, lease=lease)
         self._binder: InputBinder | None = None
         self._runs: dict[str, _Run] = {}
+        self._mcp_servers: list[_mcp.MCPServer] = []
 
     def run(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
@@ -286,6 +363,10 @@ class Agent(WorkerInstance):
     async def run_async(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` in the running loop until :meth:`stop` or a signal.
 
+        At start the MCP servers of the process that no runner hosts are connected (each bounded
+        by its ``connect_timeout``; one that fails keeps retrying in the background) and
+        ``remote.Tools`` handles fetch their schemas; at shutdown the servers are disconnected.
+
         Raises:
             TypeError: ``handler`` is not callable.
         """
@@ -296,6 +377,7 @@ class Agent(WorkerInstance):
 
     async def _on_connected(self) -> list[asyncio.Task]:
         assert self._requester is not None
+        self._mcp_servers = await _mcp.connect_local()  # each keeps retrying in the background if down
         await _remote.connect_all(self._requester, self.log)
         self.log.info("agent instance started", url=redact_url(self.settings.url), max_concurrency=self.max_concurrency)
         self.ready.set()
@@ -303,6 +385,34 @@ class Agent(WorkerInstance):
 
     async def _on_stopped(self) -> None:
         await _remote.disconnect_all()
+        await _mcp.disconnect_servers(self._mcp_servers)
+        self._mcp_servers = []
+
+    async def _keep_session(self, run: _Run, msg: Msg) -> None:
+        """Keep the notice's lease (in-progress acks) and the session's lease (``agent.renew``)
+        alive every third of the lease. A renewal refused as UNAUTHORIZED means the kernel gave
+        the execution to another instance: the handler is stopped (fenced)."""
+        assert self._requester is not None
+        every = max(self.lease / 3, 0.5)
+        notice = asyncio.create_task(keep_lease(msg, every))
+        try:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await self._requester.call("agent.renew", api.Renew(
+                        execution_id=run.id, session_id=run.session_id, lease_ms=int(self.lease * 1000)))
+                except UnauthorizedError:
+                    if run.task is not None and not run.task.done() and not run.end_reason:
+                        run.end_reason = "fenced"
+                        run.log.warning("session lease lost; another instance takes the execution over")
+                        run.task.cancel()
+                    return
+                except ConflictError:
+                    return  # the execution ended
+                except RebunoError as exc:
+                    run.log.warning("could not renew the session lease", error=str(exc))
+        finally:
+            notice.cancel()
 
     async def _handle(self, msg: Msg) -> None:
         """One assignment notice: claim, run, acknowledge (or hand over)."""
@@ -320,7 +430,7 @@ class Agent(WorkerInstance):
         try:
             claim: api.ClaimReply = await self._requester.call("agent.claim", api.Claim(
                 execution_id=notice.execution_id, agent_id=self.agent_id, consumer_id=self.consumer_id,
-                notice_seq=meta.sequence.stream, delivery=meta.num_delivered))
+                notice_seq=meta.sequence.stream, delivery=meta.num_delivered, lease_ms=int(self.lease * 1000)))
         except (ConflictError, NotFoundError) as exc:
             log.info("notice is no longer claimable; dropping it", reason=str(exc))
             await msg.ack()
@@ -346,7 +456,7 @@ class Agent(WorkerInstance):
                 log.warning("event follower stopped", error=repr(exc))
 
         follower = asyncio.create_task(follow_run())
-        lease = asyncio.create_task(keep_lease(msg, max(self.lease / 3, 0.5)))
+        lease = asyncio.create_task(self._keep_session(run, msg))
         log.info("execution claimed", session_id=claim.session_id, delivery=meta.num_delivered)
         handover = False
         try:

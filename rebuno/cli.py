@@ -103,7 +103,10 @@ def _kernel_config(args) -> Any:
 
     return KernelConfig(step_timeout=timedelta(seconds=args.step_timeout),
                         execution_timeout=timedelta(seconds=args.execution_timeout), replicas=args.replicas,
-                        events_max_age=timedelta(seconds=args.events_max_age))
+                        events_max_age=timedelta(seconds=args.events_max_age),
+                        agent_lease=timedelta(seconds=args.agent_lease),
+                        retry_base_delay=timedelta(seconds=args.retry_base_delay),
+                        retry_max_delay=timedelta(seconds=args.retry_max_delay))
 
 
 async def _serve_kernel(url: str, policy, config, api_key: str | None, prefix: str | None,
@@ -159,6 +162,15 @@ def cmd_kernel(args) -> int:
     policy = _load_policy(args.policy, dev=False)
     _loop.run(_serve_kernel(args.url, policy, _kernel_config(args), args.api_key, args.prefix))
     return 0
+
+
+def cmd_runner(args) -> int:
+    from runners.mcp import run_from_args
+
+    from ._logging import configure_logging
+
+    configure_logging(args.log_level)
+    return run_from_args(args)
 
 
 def cmd_demo(args) -> int:
@@ -225,6 +237,16 @@ async def _signal(args, c: Client) -> None:
     print("Signal sent.")
 
 
+async def _approve(args, c: Client) -> None:
+    await c.approve(args.id, args.step, reason=args.reason or "")
+    print(f"Approved{' step ' + args.step if args.step else ''} on execution {args.id}.")
+
+
+async def _deny(args, c: Client) -> None:
+    await c.deny(args.id, args.step, reason=args.reason)
+    print(f"Denied{' step ' + args.step if args.step else ''} on execution {args.id}: {args.reason}")
+
+
 async def _tools(args, c: Client) -> None:
     tools = await c.list_tools(args.tool_prefix or "")
     if args.json:
@@ -241,6 +263,8 @@ async def _health(args, c: Client) -> None:
     url = redact_url(args.url or os.environ.get("REBUNO_URL", DEFAULT_URL))
     print(f"{'OK' if h.status == 'ok' else 'DEGRADED'} kernel {h.kernel_id} at {url}"
           f" (JetStream {'reachable' if h.jetstream else 'unreachable'})")
+    if h.policy:
+        print(f"  policy: {h.policy} [version {h.policy_version or '-'}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,8 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def kernel_args(sp):
         sp.add_argument("--policy", default=None, help="policy YAML file")
-        sp.add_argument("--step-timeout", type=float, default=300.0, help="default step deadline recorded on each step, seconds (enforcement comes with kernel timers)")
-        sp.add_argument("--execution-timeout", type=float, default=3600.0, help="maximum execution lifetime, seconds (not enforced yet)")
+        sp.add_argument("--step-timeout", type=float, default=300.0,
+                        help="step deadline when the policy rule sets no timeout_ms, seconds (default 300)")
+        sp.add_argument("--execution-timeout", type=float, default=3600.0,
+                        help="maximum execution lifetime from creation, seconds (default 3600; 0 disables)")
+        sp.add_argument("--agent-lease", type=float, default=30.0,
+                        help="session lease when an agent names none, seconds (default 30)")
+        sp.add_argument("--retry-base-delay", type=float, default=1.0,
+                        help="retry n waits min(base * 2^(n-1), max) seconds (default base 1)")
+        sp.add_argument("--retry-max-delay", type=float, default=30.0, help="cap of the retry delay, seconds (default 30)")
         sp.add_argument("--replicas", type=int, default=1, help="stream/bucket replicas (3 in a cluster)")
         sp.add_argument("--events-max-age", type=float, default=0.0,
                         help="seconds the event stream keeps events (default 0: forever)")
@@ -276,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--api-key", default=None, help="NATS token (default $REBUNO_API_KEY)")
     kernel_args(sp)
     sp.set_defaults(func=cmd_kernel)
+
+    sp = sub.add_parser("runner", help="host the MCP servers of an mcpServers config file (no code)")
+    from runners.mcp import add_arguments as runner_args
+
+    runner_args(sp)
+    sp.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+    sp.set_defaults(func=cmd_runner)
 
     sp = sub.add_parser("demo", help="run the end-to-end demo on a real directory")
     sp.add_argument("--path", default=".", help="directory to inspect (default: current directory)")
@@ -300,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("signal", _signal, "send a signal to an execution", lambda sp: (
             sp.add_argument("id"), sp.add_argument("type", help="signal type"),
             sp.add_argument("--payload", default=None, help="payload JSON"))),
+        ("approve", _approve, "grant the tool call an execution holds for approval", lambda sp: (
+            sp.add_argument("id", help="execution id"),
+            sp.add_argument("--step", default=None, help="the held step (default: the one it is blocked on)"),
+            sp.add_argument("--reason", default=None, help="note recorded with the approval"))),
+        ("deny", _deny, "refuse the tool call an execution holds for approval", lambda sp: (
+            sp.add_argument("id", help="execution id"),
+            sp.add_argument("--step", default=None, help="the held step (default: the one it is blocked on)"),
+            sp.add_argument("--reason", required=True, help="why; the agent's call fails with it"))),
         ("tools", _tools, "list the tool directory", lambda sp: sp.add_argument("tool_prefix", nargs="?", default="", help="only ids equal to or under this prefix")),
         ("health", _health, "check a kernel replica", lambda sp: None),
     ):

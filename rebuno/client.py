@@ -25,7 +25,7 @@ from schemas.subjects import Names
 from ._config import Settings
 from ._connection import Requester, connect
 from ._follow import follow_events
-from .errors import ClientClosedError
+from .errors import ClientClosedError, ConflictError
 
 __all__ = ["Client"]
 
@@ -138,6 +138,38 @@ class Client:
         """
         return await (await self._req()).call("executions.signal", api.SignalExecution(
             execution_id=execution_id, signal_type=signal_type, payload=payload, request_id=uuid.uuid4().hex))
+
+    async def approve(self, execution_id: str, step_id: str | None = None, *, reason: str = "") -> api.Ok:
+        """Grant the tool call an execution is holding for approval (``spec/kernel.md`` §16):
+        the agent's call goes on and runs the tool.
+
+        Args:
+            step_id: the held step; None looks it up (the execution must be blocked on approval).
+
+        Raises:
+            NotFoundError: unknown id.
+            ConflictError: the execution is not waiting for an approval, or already ended.
+            ValidationError: ``step_id`` is not the step being held.
+        """
+        return await self._decide(execution_id, step_id, True, reason)
+
+    async def deny(self, execution_id: str, step_id: str | None = None, *, reason: str = "") -> api.Ok:
+        """Refuse the tool call an execution is holding for approval: the step fails with
+        ``reason`` and the agent's call raises ``PolicyError``. Arguments and errors as
+        :meth:`approve`."""
+        return await self._decide(execution_id, step_id, False, reason)
+
+    async def _decide(self, execution_id: str, step_id: str | None, approved: bool, reason: str) -> api.Ok:
+        if step_id is None:
+            ex = await self.get(execution_id)
+            if ex.status is not ExecutionStatus.BLOCKED or ex.blocked_reason != "approval":
+                raise ConflictError(f"execution {execution_id} is not waiting for an approval "
+                                    f"(status {ex.status.value})", "CONFLICT")
+            step_id = ex.blocked_ref
+        payload: dict[str, Any] = {"step_id": step_id, "approved": approved}
+        if reason:
+            payload["reason"] = reason
+        return await self.send_signal(execution_id, "step.approve", payload)
 
     async def events_snapshot(self, execution_id: str, *, after_sequence: int = 0, limit: int = 100) -> builtins.list[Event]:
         """Events with ``sequence > after_sequence``, ascending, at most ``limit`` (≤ 1000); no waiting."""

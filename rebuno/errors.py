@@ -15,6 +15,7 @@
     │   └── PolicyError              FORBIDDEN: policy denied the intent (``rule_id``)
     │       └── RateLimitedError     RATE_LIMITED: a policy rate limit refused the call
     └── ToolError                    a tool body failed (``tool_id``, ``step_id``, ``retryable``)
+        └── StepTimeoutError         the call passed its step deadline (``step.timed_out``)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 __all__ = [
     "RebunoError", "NetworkError", "RequestTimeoutError", "ClientClosedError", "APIError", "ValidationError",
     "UnauthorizedError", "NotFoundError", "ConflictError", "ServiceUnavailableError", "PolicyError",
-    "RateLimitedError", "ToolError", "error_from_reply",
+    "RateLimitedError", "ToolError", "StepTimeoutError", "error_from_reply",
 ]
 
 
@@ -111,6 +112,12 @@ class ToolError(RebunoError):
         self.tool_id = tool_id
         self.step_id = step_id
         self.retryable = retryable
+
+
+class StepTimeoutError(ToolError, TimeoutError):
+    """A tool call passed its step deadline (policy ``timeout_ms``, else the kernel's step
+    timeout) and the kernel recorded ``step.timed_out``. The execution goes on: the handler
+    may catch this and try something else."""
 
 
 _BY_CODE: dict[str, type[APIError]] = {

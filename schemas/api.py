@@ -21,7 +21,7 @@ __all__ = [
     "ErrorCode", "Error", "Ok", "CreateExecution", "GetExecution", "ListExecutions", "ListExecutionsReply",
     "CancelExecution", "SignalExecution", "ListEvents", "EventsReply", "ListTools", "ToolsReply",
     "Claim", "ClaimReply", "ReplayedCall", "InvokeTool", "Complete", "Fail", "Wait", "Intent", "IntentRequest", "IntentReply",
-    "StepResult", "RunnerRegister", "RunnerStarted", "StartedReply", "RunnerResult", "Health", "HealthReply",
+    "StepResult", "StepResultReply", "Renew", "RunnerRegister", "RunnerStarted", "StartedReply", "RunnerResult", "Health", "HealthReply",
     "REQUEST_TYPES", "REPLY_TYPES",
 ]
 
@@ -134,6 +134,8 @@ class Claim(msgspec.Struct, **_Q):
     Attributes:
         notice_seq: stream sequence of the notice in the assign stream.
         delivery: the notice's delivery count (1 on first delivery).
+        lease_ms: how long the session stays alive without an ``agent.renew`` (milliseconds;
+            0: the kernel's default agent lease). The kernel resets the execution when it lapses.
     """
 
     execution_id: Id
@@ -141,6 +143,19 @@ class Claim(msgspec.Struct, **_Q):
     consumer_id: Annotated[str, Meta(min_length=1, max_length=256)]
     notice_seq: Annotated[int, Meta(ge=0)] = 0
     delivery: Annotated[int, Meta(ge=0)] = 1
+    lease_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 0
+
+
+class Renew(msgspec.Struct, **_Q):
+    """``agent.renew``: keep a session's lease alive (sent every third of the lease).
+
+    Attributes:
+        lease_ms: the new lease from now (milliseconds; 0: the kernel's default).
+    """
+
+    execution_id: Id
+    session_id: Id
+    lease_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 0
 
 
 class ReplayedCall(msgspec.Struct, **_A):
@@ -242,6 +257,20 @@ class StepResult(msgspec.Struct, **_Q):
     success: bool
     data: Any = None
     error: Annotated[str, Meta(max_length=65536)] = ""
+    retryable: bool = False
+    """With ``success=False``: ask for another attempt (``ToolError(retryable=True)``)."""
+
+
+class StepResultReply(msgspec.Struct, **_A):
+    """Answer to ``agent.step_result``.
+
+    Attributes:
+        retry_attempt: non-zero when the kernel recorded ``step.retried``: the agent runs the
+            body again as this attempt, after ``retry_delay_ms`` milliseconds.
+    """
+
+    retry_attempt: int = 0
+    retry_delay_ms: int = 0
 
 
 # ----------------------------------------------------------------- runner --
@@ -299,6 +328,9 @@ class HealthReply(msgspec.Struct, **_A):
     kernel_id: str
     jetstream: bool
     started_at: datetime | None = None
+    policy: str = ""
+    """One line describing the policy in force on the answering replica."""
+    policy_version: str = ""
 
 
 REQUEST_TYPES: dict[str, type] = {
@@ -306,7 +338,7 @@ REQUEST_TYPES: dict[str, type] = {
     "executions.list": ListExecutions, "executions.cancel": CancelExecution,
     "executions.signal": SignalExecution, "executions.events": ListEvents, "tools.list": ListTools,
     "agent.claim": Claim, "agent.intent": IntentRequest, "agent.step_result": StepResult,
-    "runner.register": RunnerRegister, "runner.started": RunnerStarted, "runner.result": RunnerResult,
+    "agent.renew": Renew, "runner.register": RunnerRegister, "runner.started": RunnerStarted, "runner.result": RunnerResult,
     "health": Health,
 }
 """Request struct of every API operation (see ``schemas.subjects.API_OPERATIONS``)."""
@@ -315,7 +347,7 @@ REPLY_TYPES: dict[str, type] = {
     "executions.create": Execution, "executions.get": Execution,
     "executions.list": ListExecutionsReply, "executions.cancel": Execution,
     "executions.signal": Ok, "executions.events": EventsReply, "tools.list": ToolsReply,
-    "agent.claim": ClaimReply, "agent.intent": IntentReply, "agent.step_result": Ok,
-    "runner.register": Ok, "runner.started": StartedReply, "runner.result": Ok, "health": HealthReply,
+    "agent.claim": ClaimReply, "agent.intent": IntentReply, "agent.step_result": StepResultReply,
+    "agent.renew": Ok, "runner.register": Ok, "runner.started": StartedReply, "runner.result": Ok, "health": HealthReply,
 }
 """Reply struct of every API operation (an :class:`Error` may come instead)."""

@@ -77,6 +77,10 @@ class ExecutionResetPayload(msgspec.Struct, **_P):
 class IntentAcceptedPayload(msgspec.Struct, **_P):
     intent_type: str
     details: dict[str, Any] | None = None
+    rule_id: str = ""
+    """For ``invoke_tool``: the policy rule that allowed the call."""
+    policy_version: str = ""
+    """For ``invoke_tool``: the version of the policy in force (``rebuno policy apply``)."""
 
 
 class IntentDeniedPayload(msgspec.Struct, **_P):
@@ -86,6 +90,7 @@ class IntentDeniedPayload(msgspec.Struct, **_P):
     tool_id: str = ""
     arguments: Any = None
     idempotency_key: str = ""
+    policy_version: str = ""
 
 
 class StepCreatedPayload(msgspec.Struct, **_P):
@@ -121,6 +126,10 @@ class StepFailedPayload(msgspec.Struct, **_P):
 
 class StepRetriedPayload(msgspec.Struct, **_P):
     next_attempt: int
+    not_before: datetime | None = None
+    """The next attempt starts no earlier than this (UTC; the retry delay)."""
+    deadline: datetime | None = None
+    """The next attempt's deadline when it is set here (a local step's retry)."""
 
 
 class EmptyPayload(msgspec.Struct, **_P):
@@ -132,6 +141,8 @@ class StepApprovalRequiredPayload(msgspec.Struct, **_P):
     arguments: Any = None
     remote: bool = False
     reason: str = ""
+    rule_id: str = ""
+    policy_version: str = ""
 
 
 class SignalReceivedPayload(msgspec.Struct, **_P):

@@ -16,7 +16,7 @@ import msgspec
 __all__ = [
     "ExecutionStatus", "StepStatus", "TERMINAL_EXECUTION", "TERMINAL_STEP", "Session", "StepRecord",
     "PendingSignal", "WaitRecord", "HistoryEntry", "ExecutionRecord", "Execution", "ExecutionSummary",
-    "ToolSchema", "ToolEntry", "RunnerRecord",
+    "ToolSchema", "ToolEntry", "RunnerRecord", "LeaseRecord", "PolicyBundle",
 ]
 
 
@@ -180,6 +180,7 @@ class ExecutionRecord(msgspec.Struct, **_R):
             id=self.id, status=self.status, agent_id=self.agent_id, labels=self.labels or {},
             input=self.input, output=self.output, error=self.error, created_at=self.created_at,
             updated_at=self.updated_at, last_sequence=self.last_sequence,
+            blocked_reason=self.blocked_reason, blocked_ref=self.blocked_ref,
         )
 
     def summary(self) -> "ExecutionSummary":
@@ -192,7 +193,9 @@ class ExecutionRecord(msgspec.Struct, **_R):
 class Execution(msgspec.Struct, **_R, frozen=True):
     """An execution as returned by create / get / cancel (``spec/kernel.md`` §21).
 
-    ``error`` carries the failure text of a failed execution (an addition to the original).
+    ``error`` carries the failure text of a failed execution, and ``blocked_reason`` /
+    ``blocked_ref`` what a blocked one waits for (``approval`` and the held step id, or
+    ``signal`` and the awaited type) — additions to the original.
     """
 
     id: str
@@ -205,6 +208,8 @@ class Execution(msgspec.Struct, **_R, frozen=True):
     output: Any = None
     error: str = ""
     last_sequence: int = 0
+    blocked_reason: str = ""
+    blocked_ref: str = ""
 
 
 class ExecutionSummary(msgspec.Struct, **_R, frozen=True):
@@ -248,3 +253,27 @@ class RunnerRecord(msgspec.Struct, **_R, frozen=True):
     capabilities: list[str]
     instances: dict[str, datetime]
     last_heartbeat: datetime
+
+
+class LeaseRecord(msgspec.Struct, **_R, frozen=True):
+    """A session's lease in ``<prefix>-leases``, keyed by execution id (``agent.claim`` and
+    ``agent.renew`` write it; any kernel replica resets the execution once it lapses)."""
+
+    session_id: str
+    expires_at: datetime
+
+
+class PolicyBundle(msgspec.Struct, **_R, frozen=True):
+    """The policy in force, in ``<prefix>-policy`` under key ``active`` (``rebuno policy apply``).
+
+    Attributes:
+        version: content hash of ``files`` (what ``intent.*`` events record).
+        files: policy source by file name, as read from the applied file or directory.
+        origin: the path it was applied from, for operators.
+        applied_at: when it was applied (UTC).
+    """
+
+    version: str
+    files: dict[str, str]
+    origin: str = ""
+    applied_at: datetime | None = None

@@ -29,7 +29,7 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 API_OPERATIONS = (
     "executions.create", "executions.get", "executions.list", "executions.cancel",
     "executions.signal", "executions.events", "tools.list", "agent.claim", "agent.intent",
-    "agent.step_result", "runner.register", "runner.started", "runner.result", "health",
+    "agent.step_result", "agent.renew", "runner.register", "runner.started", "runner.result", "health",
 )
 """Every kernel API operation; the subject is ``<prefix>.api.<operation>``."""
 
@@ -119,3 +119,18 @@ class Names:
     @property
     def runners_bucket(self) -> str:
         return f"{self.prefix}-runners"
+
+    @property
+    def leases_bucket(self) -> str:
+        """Session leases by execution id, renewed by agents (``agent.renew``)."""
+        return f"{self.prefix}-leases"
+
+    @property
+    def policy_bucket(self) -> str:
+        """The policy in force (key ``active``), written by ``rebuno policy apply``."""
+        return f"{self.prefix}-policy"
+
+    @property
+    def ratelimit_bucket(self) -> str:
+        """Sliding-window rate-limit logs shared by every kernel replica."""
+        return f"{self.prefix}-ratelimit"

@@ -36,3 +36,5 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     runner_id: str
     arguments: Any = None
     tool_version: int = 0
+    not_before: datetime | None = None
+    """A retry's delay: the runner starts the job no earlier than this (UTC)."""

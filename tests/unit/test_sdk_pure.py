@@ -659,7 +659,7 @@ def test_settings_refuse_http_urls(clean_env: pytest.MonkeyPatch, url: str) -> N
 # ---------------------------------------------------------------- public surface --
 EXPECTED_PUBLIC_NAMES = [
     "Agent", "Client", "Runner", "tool", "MCPServer", "remote", "execution", "ExecutionState", "types",
-    "RebunoError", "APIError", "PolicyError", "RateLimitedError", "ToolError", "NetworkError", "ConflictError",
+    "RebunoError", "APIError", "PolicyError", "RateLimitedError", "ToolError", "StepTimeoutError", "NetworkError", "ConflictError",
     "NotFoundError", "UnauthorizedError", "ValidationError", "__version__",
 ]
 

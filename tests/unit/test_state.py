@@ -74,14 +74,18 @@ class Harness:
         return self.intent(api.InvokeTool(tool_id=tool_id, arguments=arguments, idempotency_key=key, remote=remote))
 
     def step_result(self, step_id: str, success: bool = True, data: Any = None, error: str = "",
-                    session_id: str | None = None) -> Decision:
+                    session_id: str | None = None, retryable: bool = False) -> Decision:
         req = api.StepResult(execution_id=EID, session_id=self.session_id if session_id is None else session_id,
-                             step_id=step_id, success=success, data=data, error=error)
-        return self.commit(machine.step_result(self.rec, req, self.now()))
+                             step_id=step_id, success=success, data=data, error=error, retryable=retryable)
+        return self.commit(machine.step_result(self.rec, req, self.now(), limits=self.limits))
 
     def signal(self, signal_type: str, payload: Any = None, request_id: str = "") -> Decision:
         req = api.SignalExecution(execution_id=EID, signal_type=signal_type, payload=payload, request_id=request_id)
-        return self.commit(machine.signal(self.rec, req, self.now()), request_id)
+        return self.commit(machine.signal(self.rec, req, self.now(), limits=self.limits,
+                                          pick_runner=lambda tool_id: self.runners.get(tool_id)), request_id)
+
+    def expire(self, at: datetime, lease: machine.Lease | None = None) -> Decision:
+        return self.commit(machine.expire(self.rec, at, limits=self.limits, lease=lease))
 
     def cancel(self, request_id: str = "") -> Decision:
         return self.commit(machine.cancel(self.rec, api.CancelExecution(execution_id=EID, request_id=request_id),
@@ -148,13 +152,13 @@ def test_local_tool_flow_create_claim_invoke_result_complete() -> None:
     assert d.events[0].payload.details == {"tool_id": "calc", "arguments": {"a": 1}, "idempotency_key": "k1"}
     step = x.rec.steps[step_id]
     assert (step.status, step.remote, step.max_attempts, step.attempt, step.tool_id, step.arguments) == (
-        StepStatus.PENDING, False, 1, 1, "calc", {"a": 1})
+        StepStatus.PENDING, False, 3, 1, "calc", {"a": 1})
     assert step.deadline == d.events[1].timestamp + timedelta(minutes=5)
     assert x.rec.step_count == 1 and x.rec.step_keys == {"k1": step_id}
 
     d = x.step_result(step_id, data=42)
     assert types(d.events) == ["step.completed"]
-    assert isinstance(d.reply, api.Ok)
+    assert d.reply == api.StepResultReply()
     assert x.rec.steps[step_id].status is StepStatus.SUCCEEDED and x.rec.steps[step_id].result == 42
     assert [(e.step_id, e.status, e.result) for e in x.rec.history] == [(step_id, StepStatus.SUCCEEDED, 42)]
 
@@ -390,6 +394,8 @@ def test_policy_denial_records_intent_denied_and_creates_no_step() -> None:
 
 class RecordingPolicy:
     """Allows everything and keeps what it was asked."""
+
+    version = "v-recording"
 
     def __init__(self) -> None:
         self.inputs: list[PolicyInput] = []
@@ -812,7 +818,9 @@ def test_runner_result_retryable_failure_is_retried_with_a_new_job(remote_step) 
     [new_job] = d.jobs
     assert new_job.id != job
     assert (new_job.step_id, new_job.attempt, new_job.arguments, new_job.runner_id) == (sid, 2, {"n": 1}, "r1")
-    assert new_job.deadline == d.events[0].timestamp + timedelta(minutes=5)
+    # attempt 2 waits min(1 s * 2**1, 30 s) = 2 s, and gets the global step timeout from then
+    assert new_job.not_before == d.events[0].timestamp + timedelta(seconds=2)
+    assert new_job.deadline == new_job.not_before + timedelta(minutes=5)
     assert d.events[2].payload.job_id == new_job.id
     step = h.rec.steps[sid]
     assert (step.status, step.attempt, step.job_id, step.error) == (StepStatus.DISPATCHED, 2, new_job.id, "")
@@ -867,14 +875,14 @@ def test_repeated_step_result(h: Harness) -> None:
     sid = h.invoke().reply.step_id
     h.step_result(sid, data=5)
     d = h.step_result(sid, data=5)
-    assert d.events == [] and isinstance(d.reply, api.Ok)
+    assert d.events == [] and d.reply == api.StepResultReply()
     with kernel_error("CONFLICT"):
         h.step_result(sid, data=6)
     with kernel_error("CONFLICT"):
         h.step_result(sid, success=False, error="x")
 
 
-def test_failed_local_step_is_never_retried(h: Harness) -> None:
+def test_failed_local_step_is_not_retried_unless_retryable(h: Harness) -> None:
     sid = h.invoke().reply.step_id
     d = h.step_result(sid, success=False)
     assert types(d.events) == ["step.failed"]
@@ -1049,3 +1057,203 @@ def test_replay_calls_reads_outcomes_from_the_log(h: Harness) -> None:
     h.invoke(key="c")  # still running: not replayed
     calls = replay_calls(batch for batch, _ in h.batches)
     assert calls == {"a": (ok, "succeeded", {"v": 1}, ""), "b": (bad, "failed", None, "nope")}
+
+
+# ------------------------------------------------------------------- approval --
+APPROVAL_POLICY = {"rules": [
+    {"id": "approve-deploy", "priority": 1, "when": {"tool_id": "deploy_*"},
+     "then": {"decision": "require_approval", "reason": "deploys need a human", "timeout_ms": 5}},
+], "default": {"decision": "allow"}}
+
+
+@pytest.fixture
+def ha() -> Harness:
+    x = Harness(policy=parse_policy(APPROVAL_POLICY, "approval.yaml"), runners={"deploy_api": "r1"})
+    x.claim()
+    return x
+
+
+def test_require_approval_holds_the_step_and_blocks(ha: Harness) -> None:
+    d = ha.invoke("deploy_api", {"v": 2}, key="k1")
+    assert types(d.events) == ["step.created", "step.approval_required", "execution.blocked"]
+    assert d.reply.pending_approval and d.reply.step_id == d.events[0].step_id
+    sid = d.reply.step_id
+    created, required, blocked = d.events
+    assert created.payload.max_attempts == 1
+    assert created.payload.deadline == created.timestamp + timedelta(minutes=5)  # rule timeout_ms ignored
+    assert (required.payload.reason, required.payload.rule_id) == ("deploys need a human", "approve-deploy")
+    assert (blocked.payload.reason, blocked.payload.ref, blocked.payload.tool_id) == ("approval", sid, "deploy_api")
+    assert ha.rec.status is ExecutionStatus.BLOCKED and ha.rec.steps[sid].approval
+    # a repeated call (lost reply) gets the held step again, not a conflict
+    again = ha.invoke("deploy_api", {"v": 2}, key="k1")
+    assert again.events == [] and again.reply.pending_approval and again.reply.step_id == sid
+    with kernel_error("CONFLICT"):
+        ha.invoke("other", key="k2")
+
+
+def test_approval_granted_for_a_local_step_refreshes_its_deadline(ha: Harness) -> None:
+    sid = ha.invoke("deploy_api", key="k1").reply.step_id
+    d = ha.signal("step.approve", {"step_id": sid, "approved": True})
+    assert types(d.events) == ["signal.received", "step.dispatched", "execution.resumed"]
+    assert d.events[1].payload.deadline == d.events[1].timestamp + timedelta(minutes=5)
+    assert d.events[1].payload.job_id == "" and d.jobs == []
+    assert d.events[2].payload.reason == "approval granted"
+    assert ha.rec.status is ExecutionStatus.RUNNING and ha.rec.steps[sid].status is StepStatus.DISPATCHED
+    assert ha.rec.pending_signals == []  # the approval is consumed (the original kept it pending)
+    assert types(ha.step_result(sid, data="ok").events) == ["step.completed"]
+
+
+def test_approval_granted_for_a_remote_step_dispatches_its_job(ha: Harness) -> None:
+    sid = ha.invoke("deploy_api", key="k1", remote=True).reply.step_id
+    d = ha.signal("step.approve", {"step_id": sid, "approved": True})
+    [job] = d.jobs
+    assert (job.step_id, job.runner_id, job.attempt) == (sid, "r1", 1)
+    assert d.events[1].payload.job_id == job.id and ha.rec.steps[sid].job_id == job.id
+
+
+def test_approval_denied_fails_the_step_and_resumes(ha: Harness) -> None:
+    sid = ha.invoke("deploy_api", key="k1").reply.step_id
+    d = ha.signal("step.approve", {"step_id": sid, "approved": False, "reason": "not today"})
+    assert types(d.events) == ["signal.received", "step.failed", "execution.resumed"]
+    assert (d.events[1].payload.error, d.events[1].payload.retryable) == ("not today", False)
+    assert d.events[2].payload.reason == "approval denied"
+    assert ha.rec.steps[sid].status is StepStatus.FAILED and ha.rec.status is ExecutionStatus.RUNNING
+
+
+def test_approval_missing_approved_counts_as_denied(ha: Harness) -> None:
+    sid = ha.invoke("deploy_api", key="k1").reply.step_id
+    d = ha.signal("step.approve", {"step_id": sid})
+    assert d.events[1].payload.error == "approval denied by human"
+
+
+@pytest.mark.parametrize("payload", [None, {}, "yes", [1], {"step_id": "other", "approved": True},
+                                     {"step_id": "SID", "approved": "yes"}, {"step_id": "SID", "reason": 5}])
+def test_bad_approval_signal_is_refused_and_changes_nothing(ha: Harness, payload: Any) -> None:
+    sid = ha.invoke("deploy_api", key="k1").reply.step_id
+    if isinstance(payload, dict) and payload.get("step_id") == "SID":
+        payload = {**payload, "step_id": sid}
+    before = ha.rec.last_sequence
+    with kernel_error("VALIDATION_ERROR"):
+        ha.signal("step.approve", payload)
+    assert ha.rec.last_sequence == before and ha.rec.status is ExecutionStatus.BLOCKED
+
+
+def test_approval_signal_when_not_held_is_an_ordinary_signal(h: Harness) -> None:
+    d = h.signal("step.approve", {"step_id": "x", "approved": True})
+    assert types(d.events) == ["signal.received"]
+    assert [s.signal_type for s in h.rec.pending_signals] == ["step.approve"]
+
+
+# -------------------------------------------------------------------- retries --
+def test_local_retryable_failure_is_retried_after_the_delay(h: Harness) -> None:
+    sid = h.invoke("calc", key="k").reply.step_id
+    d = h.step_result(sid, success=False, error="flaky", retryable=True)
+    assert types(d.events) == ["step.failed", "step.retried"]
+    assert d.reply == api.StepResultReply(retry_attempt=2, retry_delay_ms=2000)
+    retried = d.events[1].payload
+    assert retried.not_before == d.events[1].timestamp + timedelta(seconds=2)
+    assert retried.deadline == retried.not_before + timedelta(minutes=5)
+    step = h.rec.steps[sid]
+    assert (step.status, step.attempt, step.deadline) == (StepStatus.PENDING, 2, retried.deadline)
+    d = h.step_result(sid, success=False, error="flaky", retryable=True)
+    assert d.reply.retry_attempt == 3 and d.reply.retry_delay_ms == 4000
+    d = h.step_result(sid, success=False, error="still flaky", retryable=True)  # attempts exhausted
+    assert types(d.events) == ["step.failed"] and not d.events[0].payload.retryable
+    assert d.reply == api.StepResultReply() and h.rec.steps[sid].status is StepStatus.FAILED
+
+
+def test_retry_delay_is_capped() -> None:
+    limits = Limits(retry_base_delay=timedelta(seconds=1), retry_max_delay=timedelta(seconds=30))
+    assert [machine.retry_delay(limits, n).total_seconds() for n in (2, 3, 4, 5, 6, 7)] == [2, 4, 8, 16, 30, 30]
+
+
+# --------------------------------------------------------------------- timers --
+def test_step_deadline_times_out_the_step_and_the_execution_goes_on(h: Harness) -> None:
+    sid = h.invoke("calc", key="k").reply.step_id
+    deadline = h.rec.steps[sid].deadline
+    assert machine.next_due(h.rec, h.limits, None) == deadline
+    assert h.expire(deadline - timedelta(milliseconds=1)).events == []
+    d = h.expire(deadline)
+    assert types(d.events) == ["step.timed_out"] and d.events[0].step_id == sid
+    assert h.rec.steps[sid].status is StepStatus.TIMED_OUT and h.rec.status is ExecutionStatus.RUNNING
+    assert h.expire(deadline + timedelta(seconds=1)).events == []  # fired once
+    with kernel_error("CONFLICT"):
+        h.step_result(sid, data=1)  # a late result of the timed-out step
+
+
+def test_rule_timeout_sets_the_step_deadline() -> None:
+    x = Harness(policy=parse_policy({"rules": [{"id": "fast", "priority": 1, "when": {"tool_id": "calc"},
+                                                 "then": {"decision": "allow", "timeout_ms": 1500}}]}, "p.yaml"))
+    x.claim()
+    d = x.invoke("calc")
+    assert x.rec.steps[d.reply.step_id].deadline == d.events[0].timestamp + timedelta(milliseconds=1500)
+
+
+def test_step_deadlines_are_not_checked_while_blocked(h: Harness) -> None:
+    sid = h.invoke("calc", key="k").reply.step_id
+    h.intent(api.Wait(signal_type="go", idempotency_key="w1"))
+    deadline = h.rec.steps[sid].deadline
+    assert machine.next_due(h.rec, h.limits, None) == h.rec.created_at + timedelta(hours=1)
+    assert h.expire(deadline + timedelta(seconds=1)).events == []
+    h.signal("go")
+    assert types(h.expire(deadline + timedelta(seconds=2)).events) == ["step.timed_out"]
+
+
+def test_execution_timeout_cancels_steps_and_fails(h: Harness) -> None:
+    sid = h.invoke("calc", key="k").reply.step_id
+    h.intent(api.Wait(signal_type="go", idempotency_key="w1"))  # also while blocked
+    d = h.expire(h.rec.created_at + timedelta(hours=1))
+    assert types(d.events) == ["step.cancelled", "execution.failed"]
+    assert d.events[1].payload.error == "execution exceeded maximum duration"
+    assert h.rec.status is ExecutionStatus.FAILED and h.rec.steps[sid].status is StepStatus.CANCELLED
+    assert machine.next_due(h.rec, h.limits, None) is None
+
+
+def test_execution_timeout_zero_disables_it() -> None:
+    x = Harness()
+    x.limits = Limits(execution_timeout=timedelta(0))
+    x.claim()
+    assert machine.next_due(x.rec, x.limits, None) is None
+    assert x.expire(x.rec.created_at + timedelta(days=30)).events == []
+
+
+def test_lapsed_lease_resets_the_execution_for_another_instance(h: Harness) -> None:
+    sid = h.invoke("calc", key="k").reply.step_id
+    session = h.session_id
+    lease = machine.Lease(session_id=session, expires_at=h.clock + timedelta(seconds=30))
+    assert machine.next_due(h.rec, h.limits, lease) == lease.expires_at
+    assert h.expire(lease.expires_at - timedelta(milliseconds=1), lease).events == []
+    d = h.expire(lease.expires_at, lease)
+    assert types(d.events) == ["agent.timeout", "step.cancelled", "execution.reset"]
+    assert d.events[0].payload.session_id == session and d.events[2].payload.reason == "lease_expired"
+    [notice] = d.notices
+    assert notice.execution_id == EID and d.notice_msg_id == f"{EID}:{d.events[2].id}"
+    assert h.rec.status is ExecutionStatus.PENDING and h.rec.steps[sid].status is StepStatus.CANCELLED
+    with kernel_error("UNAUTHORIZED"):
+        h.invoke("calc", key="k2", )  # the silent session is fenced
+    # the lease of an old session is ignored once another session holds the execution
+    h.claim(consumer="c2", notice_seq=2)
+    assert h.expire(lease.expires_at + timedelta(seconds=5), lease).events == []
+
+
+def test_no_deadline_fires_for_a_finished_execution(h: Harness) -> None:
+    h.intent(api.Complete(output=1))
+    assert machine.next_due(h.rec, h.limits, None) is None
+    assert h.expire(h.clock + timedelta(days=2)).events == []
+
+
+# ----------------------------------------------------------------- rate limit --
+def test_rate_limited_allow_is_denied_and_recorded() -> None:
+    x = Harness(policy=parse_policy({"rules": [
+        {"id": "limited", "priority": 1, "when": {"tool_id": "calc"}, "then": {"decision": "allow"},
+         "rate_limit": {"max": 2, "window": "1m"}}]}, "p.yaml"))
+    x.claim()
+    req = api.IntentRequest(execution_id=EID, session_id=x.session_id,
+                            intent=api.InvokeTool(tool_id="calc", idempotency_key="k"))
+    d = x.commit(machine.intent(x.rec, req, x.now(), policy=x.policy, limits=x.limits,
+                                pick_runner=lambda t: None, rate_limited=True))
+    assert types(d.events) == ["intent.denied"] and d.error is not None and d.error.code == "RATE_LIMITED"
+    assert d.events[0].payload.reason == "rate limit exceeded: max 2 per 1m"
+    assert d.events[0].payload.rule_id == "limited"
+    assert str(d.error) == "rate limit exceeded: max 2 per 1m (rule: limited)" or "rule: limited" in d.error.message
+    assert x.rec.step_count == 0

@@ -1,0 +1,174 @@
+"""Deadlines and leases, enforced by every replica (DESIGN §4.7, ``spec/kernel.md`` §13).
+
+Each replica keeps an index of when each live execution next has something due —
+its execution deadline, its active steps' deadlines, its session's lease — fed by
+watches on the ``<prefix>-executions`` and ``<prefix>-leases`` buckets, so the
+index does not depend on which replica wrote a deadline. A loop ticking every
+``timer_interval`` seconds (0.25 s by default) hands what is due to the kernel,
+which decides on the current log (:func:`kernel.machine.expire`) and appends.
+Every replica may fire the same deadline; the append guard lets one win and
+turns the others into no-ops, so a deadline fires as long as any replica lives.
+
+Known gap: a replica that dies after appending a transition but before writing
+its record leaves the bucket behind the stream; a deadline created by that
+transition is indexed only once anything touches the execution again (every
+access repairs the record from the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+from datetime import datetime, timedelta, timezone
+from typing import Awaitable, Callable
+
+import msgspec
+import structlog
+from nats.js.kv import KeyValue
+
+from schemas import codec
+from schemas.records import LeaseRecord
+
+from . import machine
+
+__all__ = ["Timers"]
+
+log = structlog.get_logger("rebuno.kernel.timers")
+
+_RETRY_AFTER = timedelta(seconds=1)
+_LEASE_DECODER = msgspec.json.Decoder(LeaseRecord)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Timers:
+    """The deadline index and firing loop of one replica.
+
+    Args:
+        executions: the ``<prefix>-executions`` bucket.
+        leases: the ``<prefix>-leases`` bucket.
+        limits: the replica's timeouts (execution timeout, step timeout).
+        fire: called with an execution id when something of it is due; it decides on the
+            current log and appends. Exceptions are logged and the execution is checked
+            again a second later.
+        interval: seconds between checks.
+    """
+
+    def __init__(self, executions: KeyValue, leases: KeyValue, limits: machine.Limits,
+                 fire: Callable[[str], Awaitable[None]], interval: float = 0.25) -> None:
+        self.executions = executions
+        self.leases = leases
+        self.limits = limits
+        self.fire = fire
+        self.interval = interval
+        self._base: dict[str, tuple[datetime | None, str]] = {}
+        """execution id → (next due of execution and step deadlines, current session id)."""
+        self._leases: dict[str, machine.Lease] = {}
+        self._heap: list[tuple[datetime, str]] = []
+        self._firing: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._fires: set[asyncio.Task] = set()
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch(self.executions, self._on_record), name="timers-records"),
+                       asyncio.create_task(self._watch(self.leases, self._on_lease), name="timers-leases"),
+                       asyncio.create_task(self._loop(), name="timers-loop")]
+
+    async def stop(self) -> None:
+        for task in (*self._tasks, *self._fires):
+            task.cancel()
+        for task in (*self._tasks, *self._fires):
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks = []
+
+    def due(self, execution_id: str) -> datetime | None:
+        """When the execution next has something due, as this replica knows it (None: nothing)."""
+        base, session_id = self._base.get(execution_id, (None, ""))
+        lease = self._leases.get(execution_id)
+        times = [t for t in (base, lease.expires_at if lease and session_id and lease.session_id == session_id
+                             else None) if t is not None]
+        return min(times) if times else None
+
+    def lease(self, execution_id: str) -> machine.Lease | None:
+        return self._leases.get(execution_id)
+
+    # -- index ----------------------------------------------------------------------
+    async def _watch(self, kv: KeyValue, apply: Callable[[str, bytes | None], None]) -> None:
+        while True:
+            try:
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+                    apply(entry.key, None if deleted else entry.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
+                log.warning("timer index watch failed; restarting", bucket=kv._name, error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    def _on_record(self, execution_id: str, value: bytes | None) -> None:
+        if value is None:
+            self._base.pop(execution_id, None)
+            return
+        try:
+            rec = codec.RECORD_DECODER.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # repaired from the stream when next touched
+        if rec.terminal:
+            self._base.pop(execution_id, None)
+            self._leases.pop(execution_id, None)
+            return
+        self._base[execution_id] = (machine.next_due(rec, self.limits, None),
+                                    rec.session.id if rec.session else "")
+        self._schedule(execution_id)
+
+    def _on_lease(self, execution_id: str, value: bytes | None) -> None:
+        if value is None:
+            self._leases.pop(execution_id, None)
+            return
+        try:
+            lease = _LEASE_DECODER.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        self._leases[execution_id] = machine.Lease(session_id=lease.session_id, expires_at=lease.expires_at)
+        self._schedule(execution_id)
+
+    def _schedule(self, execution_id: str, at: datetime | None = None) -> None:
+        when = at or self.due(execution_id)
+        if when is not None:
+            heapq.heappush(self._heap, (when, execution_id))
+
+    # -- firing ---------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            now = _now()
+            while self._heap and self._heap[0][0] <= now:
+                when, execution_id = heapq.heappop(self._heap)
+                current = self.due(execution_id)
+                if current is None or current > now or execution_id in self._firing:
+                    continue  # stale heap entry (rescheduled, finished) or already being handled
+                self._firing.add(execution_id)
+                task = asyncio.create_task(self._fire(execution_id))
+                self._fires.add(task)
+                task.add_done_callback(self._fires.discard)
+
+    async def _fire(self, execution_id: str) -> None:
+        try:
+            await self.fire(execution_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not fire a deadline; trying again", execution_id=execution_id, error=repr(exc))
+        finally:
+            self._firing.discard(execution_id)
+        # Whatever the outcome, look again shortly: a record update will usually have
+        # rescheduled it already; this covers a firing that changed nothing.
+        self._schedule(execution_id, _now() + _RETRY_AFTER)
