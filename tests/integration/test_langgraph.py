@@ -208,6 +208,7 @@ async def test_create_agent_with_adapter_calls_every_kind_of_tool(lg_cluster: Cl
     # the kernel's log: one step per allowed call with the model's arguments, one denial
     events = await client.events_snapshot(final.id, limit=1000)
     created = {e.payload.tool_id: e.payload for e in events if e.type == "step.created"}
+    assert sum(e.type == "step.created" for e in events) == len(created) == 5
     assert {tid: (p.arguments, p.remote) for tid, p in created.items()} == {
         "lg.search": ({"query": "nats", "limit": 2}, False),
         "lg.heavy": ({"data": "abc"}, True),
