@@ -4,17 +4,24 @@ Starts the embedded broker and a kernel (with the demo policy), a filesystem
 runner as a separate process (``runners.fs``), and an agent that inspects the
 directory: a remote tool on the runner walks and reads files, local tools in
 the agent summarise them, and one call the policy denies shows the agent
-handling a denial. Prints the report and the execution's full event trail.
+handling a denial. When the directory is a git checkout, the runner also hosts
+the published git MCP server (``mcp-server-git``, from the ``dev`` extra) and
+the agent reads the recent history through it — an MCP tool called through the
+kernel like any other. Prints the report and the execution's full event trail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,10 @@ rules:
     priority: 10
     when: {tool_ids: ["fs.walk", "fs.read_file", "fs.stat"], agent_id: inspector}
     then: {decision: allow, reason: "read-only filesystem access", timeout_ms: 30000}
+  - id: git-history
+    priority: 15
+    when: {tool_ids: ["git.git_log", "git.git_status"], agent_id: inspector}
+    then: {decision: allow, reason: "read-only git history through the runner's MCP server", timeout_ms: 30000}
   - id: local-analysis
     priority: 20
     when: {tool_id: "analyze.*"}
@@ -52,6 +63,7 @@ default:
 """
 
 fs = remote.Tools("fs")
+git = remote.Tools("git")
 _DOC_NAMES = ("README.md", "README.rst", "README.txt", "README")
 
 
@@ -89,13 +101,40 @@ async def inspect_directory(max_entries: int = 5000) -> dict:
     if doc_path:
         read = await fs["fs.read_file"](path=doc_path, max_bytes=200_000)
         doc = {"path": doc_path, **await text_stats(text=read["text"])}
+    history = None
+    if "git.git_log" in git:  # the runner hosts the git MCP server (a git checkout)
+        history = _commits(await git["git.git_log"](repo_path=listing["root"], max_count=5))
     try:
         await execution.invoke_tool("shell.exec", {"command": "rm -rf ."})
         denied = None
     except PolicyError as exc:
         denied = {"tool_id": "shell.exec", "rule_id": exc.rule_id, "error": exc.message}
     return {"root": listing["root"], "truncated": listing["truncated"], "summary": summary, "document": doc,
-            "denied_call": denied}
+            "history": history, "denied_call": denied}
+
+
+def _commits(log: Any) -> list[dict]:
+    """Commits (short id, subject) from mcp-server-git's ``git_log`` text."""
+    commits: list[dict] = []
+    for line in str(log).splitlines():
+        if m := re.match(r"Commit: ([0-9a-f]{7,40})$", line):
+            commits.append({"commit": m.group(1)[:7], "subject": ""})
+        elif (m := re.match(r"Message: (.*)$", line)) and commits and not commits[-1]["subject"]:
+            commits[-1]["subject"] = m.group(1).strip()
+    return commits
+
+
+def _git_checkout(root: Path) -> bool:
+    """Whether the demo can host mcp-server-git for ``root``: the server is installed (``dev``
+    extra), ``git`` is on PATH and ``root`` is the top of a git work tree."""
+    if importlib.util.find_spec("mcp_server_git") is None or shutil.which("git") is None:
+        return False
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return top.returncode == 0 and Path(top.stdout.strip()).resolve() == root
 
 
 def _short(value: Any, width: int = 90) -> str:
@@ -120,6 +159,12 @@ def _print_report(out: dict) -> None:
     if out["document"]:
         d = out["document"]
         print(f"  {d['path']}: {d['lines']} lines, {d['words']} words — “{d['first_line']}”")
+    if out.get("history"):
+        latest = out["history"][0]
+        subject = latest["subject"] if len(latest["subject"]) <= 70 else latest["subject"][:69] + "…"
+        n = len(out["history"])
+        print(f"  git history:  {n} recent commit{'s' if n > 1 else ''} (via the git MCP server on the runner), "
+              f"latest {latest['commit']} “{subject}”")
     if out["denied_call"]:
         d = out["denied_call"]
         print(f"  denied as expected: {d['tool_id']} → {d['error']}")
@@ -144,23 +189,37 @@ async def run_demo(path: str, keep_logs: bool = False) -> int:
     runner_proc = None
     nc = None
     kernel = None
+    scratch = tempfile.TemporaryDirectory(prefix="rebuno-demo-")
     try:
         nc = await nats.connect(server.url, name="rebuno-demo-kernel")
         kernel = Kernel(nc, Names(), parse_policy(yaml.safe_load(DEMO_POLICY), "demo-policy.yaml"))
         await kernel.start()
         env = {**os.environ, "REBUNO_URL": server.url, "REBUNO_LOG_LEVEL": os.environ.get("REBUNO_LOG_LEVEL", "warning"),
                "REBUNO_LOG_FORMAT": "text"}
-        runner_proc = subprocess.Popen([sys.executable, "-m", "runners.fs", "--root", str(root), "--runner-id", "fs"],
-                                       env=env)
+        runner_cmd = [sys.executable, "-m", "runners.fs", "--root", str(root), "--runner-id", "fs"]
+        with_git = _git_checkout(root)
+        if with_git:  # the same runner hosts the published git MCP server, confined to this checkout
+            config = Path(scratch.name) / "mcp-servers.json"
+            config.write_text(json.dumps({"mcpServers": {"git": {
+                "command": sys.executable, "args": ["-m", "mcp_server_git", "--repository", str(root)]}}}))
+            runner_cmd += ["--mcp-config", str(config)]
+        runner_proc = subprocess.Popen(runner_cmd, env=env)
         async with Client(server.url) as client:
             deadline = time.monotonic() + 30
-            while len(await client.list_tools("fs")) < 3:
+            while (len(await client.list_tools("fs")) < 3
+                   or with_git and not any(t.id == "git.git_log" for t in await client.list_tools("git"))):
                 if runner_proc.poll() is not None or time.monotonic() > deadline:
                     print("rebuno demo: the filesystem runner did not come up", file=sys.stderr)
                     return 1
                 await asyncio.sleep(0.1)
             print(f"  broker  {server.url}\n  runner  fs (pid {runner_proc.pid}) serving "
                   f"{', '.join(t.id for t in await client.list_tools('fs'))} for {root}")
+            if with_git:
+                print(f"          and hosting the git MCP server (mcp-server-git): "
+                      f"{len(await client.list_tools('git'))} tools, git.git_log allowed by policy")
+            else:
+                print("          (no git MCP server: not the top of a git checkout, git missing, or mcp-server-git "
+                      "not installed)")
             agent = Agent("inspector", kernel_url=server.url)
             agent_task = asyncio.create_task(agent.run_async(inspect_directory))
             await asyncio.wait_for(agent.ready.wait(), 30)
@@ -190,4 +249,5 @@ async def run_demo(path: str, keep_logs: bool = False) -> int:
         if nc is not None:
             await nc.close()
         server.stop()
+        scratch.cleanup()
         structlog.get_logger("rebuno.demo").debug("demo stopped")

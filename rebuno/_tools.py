@@ -26,7 +26,7 @@ from ._execution import current_state
 from .errors import ToolError
 
 __all__ = ["jsonable", "tool", "ToolSpec", "registry", "get_tool", "input_schema", "input_model",
-           "make_remote_callable", "call_body", "run_tool"]
+           "make_remote_callable", "signature_from_schema", "mark_tool", "call_body", "run_tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -156,10 +156,30 @@ def _make_wrapper(spec: ToolSpec) -> Callable[..., Any]:
                                                 force_remote=spec.remote)
 
     wrapper.__signature__ = sig  # type: ignore[attr-defined]
-    wrapper.__rebuno_tool_id__ = spec.id  # type: ignore[attr-defined]
-    wrapper.__rebuno_remote__ = spec.remote  # type: ignore[attr-defined]
-    wrapper.__input_schema__ = spec.schema  # type: ignore[attr-defined]
-    return wrapper
+    return mark_tool(wrapper, spec)
+
+
+def mark_tool(fn: Callable[..., Any], spec: ToolSpec) -> Callable[..., Any]:
+    """Give a tool callable the attributes every rebuno tool callable carries, whatever its
+    source (``@tool`` wrapper, ``remote.Tools`` callable, ``MCPServer`` tool), and return it:
+
+    ``__rebuno_tool__`` (the :class:`ToolSpec`), ``__rebuno_tool_id__``, ``__rebuno_remote__``
+    and ``__input_schema__`` (the JSON Schema of its arguments). Framework adapters should read
+    these rather than guess from the callable's name.
+
+    A callable with a synthesized ``__signature__`` (``remote.Tools``, ``MCPServer``) also gets
+    matching ``__annotations__``: ``typing.get_type_hints()`` reads those, not the signature,
+    and frameworks such as LangChain build their argument models with it.
+    """
+    sig = fn.__dict__.get("__signature__")
+    if isinstance(sig, inspect.Signature) and not hasattr(fn, "__wrapped__"):
+        fn.__annotations__ = {p.name: p.annotation for p in sig.parameters.values()
+                              if p.annotation is not inspect.Parameter.empty} | {"return": Any}
+    fn.__rebuno_tool__ = spec  # type: ignore[attr-defined]
+    fn.__rebuno_tool_id__ = spec.id  # type: ignore[attr-defined]
+    fn.__rebuno_remote__ = spec.remote  # type: ignore[attr-defined]
+    fn.__input_schema__ = spec.schema  # type: ignore[attr-defined]
+    return fn
 
 
 def _register(fn: Callable[..., Any], tool_id: str | None, remote: bool) -> Callable[..., Any]:
@@ -210,10 +230,15 @@ def tool(fn_or_id: Any = None, /, *, remote: bool = False) -> Any:
 _JSON_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
 
 
-def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
-                         name: str | None = None) -> Callable[..., Any]:
-    """An async callable for a tool known only by its directory schema (``remote.Tools``):
-    keyword-only parameters from the schema's properties; calling it submits a remote intent."""
+def signature_from_schema(schema: dict[str, Any]) -> inspect.Signature:
+    """A keyword-only ``inspect.Signature`` for a JSON Schema object's properties.
+
+    Required properties have no default; others default to the property's ``default`` or
+    None. Annotations follow the JSON type (``string`` -> ``str``, ``integer`` -> ``int``,
+    ``number`` -> ``float``, ``boolean`` -> ``bool``, ``array`` -> ``list``, ``object`` ->
+    ``dict``; anything else ``Any``). Property names that are not Python identifiers (or are
+    keywords) get no parameter; required ones come first.
+    """
     props = schema.get("properties") or {}
     required = set(schema.get("required") or [])
     params = []
@@ -223,7 +248,14 @@ def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
         ann = _JSON_TYPES.get(str(prop.get("type")), Any) if isinstance(prop, dict) else Any
         default = inspect.Parameter.empty if pname in required else (prop.get("default") if isinstance(prop, dict) else None)
         params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
-    sig = inspect.Signature(sorted(params, key=lambda p: p.default is not inspect.Parameter.empty))
+    return inspect.Signature(sorted(params, key=lambda p: p.default is not inspect.Parameter.empty))
+
+
+def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
+                         name: str | None = None) -> Callable[..., Any]:
+    """An async callable for a tool known only by its directory schema (``remote.Tools``):
+    keyword-only parameters from the schema's properties; calling it submits a remote intent."""
+    sig = signature_from_schema(schema)
 
     async def remote_tool(**kwargs: Any) -> Any:
         state = current_state()
@@ -237,7 +269,5 @@ def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
     remote_tool.__qualname__ = remote_tool.__name__
     remote_tool.__doc__ = description
     remote_tool.__signature__ = sig  # type: ignore[attr-defined]
-    remote_tool.__rebuno_tool_id__ = tool_id  # type: ignore[attr-defined]
-    remote_tool.__rebuno_remote__ = True  # type: ignore[attr-defined]
-    remote_tool.__input_schema__ = schema  # type: ignore[attr-defined]
-    return remote_tool
+    return mark_tool(remote_tool, ToolSpec(id=tool_id, fn=remote_tool, remote=True, description=description,
+                                           schema=schema))

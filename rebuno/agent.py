@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from schemas import api, codec
 from schemas import events as ev
 
+from . import mcp as _mcp
 from . import remote as _remote
 from ._binding import InputBinder
 from . import _loop
@@ -137,7 +138,7 @@ class _Run:
     # -- execution.* backend ---------------------------------------------------------------
     async def invoke_tool(self, tool_id: str, arguments: Any, *, idempotency_key: str = "",
                           local_fn: Callable[..., Any] | None = None, force_remote: bool = False) -> Any:
-        spec = get_tool(tool_id)
+        spec = get_tool(tool_id) or _mcp.local_spec(tool_id)
         if local_fn is None and not force_remote and spec is not None and not spec.remote:
             local_fn = spec.fn
         n = self.calls.get(tool_id, 0) + 1
@@ -227,6 +228,7 @@ class _Run:
                 error=str(exc)[:65536] or type(exc).__name__, retryable=retryable))
             if not reply.retry_attempt:
                 if isinstance(exc, ToolError):
+                    exc.tool_id, exc.step_id = exc.tool_id or tool_id, exc.step_id or step_id
                     raise exc
                 raise ToolError(str(exc) or type(exc).__name__, tool_id, step_id) from exc
             log.info("retrying local tool", attempt=reply.retry_attempt, delay_ms=reply.retry_delay_ms)
@@ -348,6 +350,7 @@ class Agent(WorkerInstance):
             request_timeout=request_timeout, lease=lease)
         self._binder: InputBinder | None = None
         self._runs: dict[str, _Run] = {}
+        self._mcp_servers: list[_mcp.MCPServer] = []
 
     def run(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
@@ -360,6 +363,10 @@ class Agent(WorkerInstance):
     async def run_async(self, handler: Callable[..., Any]) -> None:
         """Serve executions with ``handler`` in the running loop until :meth:`stop` or a signal.
 
+        At start the MCP servers of the process that no runner hosts are connected (each bounded
+        by its ``connect_timeout``; one that fails keeps retrying in the background) and
+        ``remote.Tools`` handles fetch their schemas; at shutdown the servers are disconnected.
+
         Raises:
             TypeError: ``handler`` is not callable.
         """
@@ -370,6 +377,7 @@ class Agent(WorkerInstance):
 
     async def _on_connected(self) -> list[asyncio.Task]:
         assert self._requester is not None
+        self._mcp_servers = await _mcp.connect_local()  # each keeps retrying in the background if down
         await _remote.connect_all(self._requester, self.log)
         self.log.info("agent instance started", url=redact_url(self.settings.url), max_concurrency=self.max_concurrency)
         self.ready.set()
@@ -377,6 +385,8 @@ class Agent(WorkerInstance):
 
     async def _on_stopped(self) -> None:
         await _remote.disconnect_all()
+        await _mcp.disconnect_servers(self._mcp_servers)
+        self._mcp_servers = []
 
     async def _keep_session(self, run: _Run, msg: Msg) -> None:
         """Keep the notice's lease (in-progress acks) and the session's lease (``agent.renew``)

@@ -168,6 +168,15 @@ def cmd_kernel(args) -> int:
     return 0
 
 
+def cmd_runner(args) -> int:
+    from runners.mcp import run_from_args
+
+    from ._logging import configure_logging
+
+    configure_logging(args.log_level)
+    return run_from_args(args)
+
+
 def cmd_demo(args) -> int:
     from ._demo import run_demo
 
@@ -487,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_kernel)
 
     _add_policy_commands(sub, client_args)
+
+    sp = sub.add_parser("runner", help="host the MCP servers of an mcpServers config file (no code)")
+    from runners.mcp import add_arguments as runner_args
+
+    runner_args(sp)
+    sp.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
+    sp.set_defaults(func=cmd_runner)
 
     sp = sub.add_parser("demo", help="run the end-to-end demo on a real directory")
     sp.add_argument("--path", default=".", help="directory to inspect (default: current directory)")

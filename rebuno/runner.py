@@ -1,7 +1,8 @@
 """``Runner``: executes remote tool jobs for any agent (DESIGN §4 flow 4).
 
-A runner instance publishes its tools to the kernel's directory
-(``runner.register``), pulls jobs from the shared durable consumer
+A runner instance publishes its tools — ``@tool`` functions of the process and
+the tools of MCP servers it hosts (``runner.host(MCPServer(...))``) — to the
+kernel's directory (``runner.register``), pulls jobs from the shared durable consumer
 ``runner-<runner_id>`` only as far as ``max_concurrency`` allows, tells the
 kernel it starts each one (``runner.started`` — a job the kernel no longer
 wants is dropped there), runs the tool body with the lease kept alive, reports
@@ -9,6 +10,11 @@ the outcome (``runner.result``) and acknowledges the job. It watches the
 execution's events while the job runs and cancels the body when the step or the
 execution is cancelled. Raise ``ToolError(..., retryable=True)`` from a body to
 ask the kernel for another attempt.
+
+Hosted MCP servers connect when the runner starts; one that cannot be reached is
+retried in the background while the rest is served, and the runner registers
+again whenever a hosted server connects, goes away or changes its tools
+(``rebuno.mcp`` describes the calls, results and errors).
 """
 
 from __future__ import annotations
@@ -33,20 +39,21 @@ from ._logging import configure_logging
 from ._tools import ToolSpec, jsonable as _jsonable, registry, run_tool
 from ._worker import DEFAULT_LEASE_S, WorkerInstance, keep_lease
 from .errors import APIError, RebunoError
-from .mcp import MCPServer
+from .mcp import MCPServer, disconnect_servers
 
 __all__ = ["Runner"]
 
 
 class Runner(WorkerInstance):
-    """Serve ``@tool`` functions of this process as remote tools.
+    """Serve ``@tool`` functions of this process and the tools of hosted MCP servers as remote tools.
 
     Args:
         runner_id: the runner's id (1-128 characters of ``[A-Za-z0-9_-]``); instances with the
             same id share its job queue round-robin.
         kernel_url: NATS URL (default ``$REBUNO_URL``).
         api_key: NATS token (default ``$REBUNO_API_KEY``).
-        capabilities: tool ids to advertise; default every non-stub ``@tool`` of the process.
+        capabilities: tool ids to advertise; default every non-stub ``@tool`` of the process plus
+            every tool of the MCP servers added with :meth:`host`.
         consumer_id: this instance's id; ``<runner_id>-<8 hex>`` when empty.
         max_concurrency: jobs this instance runs at once; it pulls no more.
         reconnect_delay / max_reconnect_delay: reconnect backoff base and cap, seconds.
@@ -70,27 +77,95 @@ class Runner(WorkerInstance):
         self.capabilities = list(capabilities) if capabilities is not None else None
         self.heartbeat_interval = heartbeat_interval
         self._tools: dict[str, ToolSpec] = {}
+        self._static: dict[str, ToolSpec] = {}
+        self._hosted: list[MCPServer] = []
+        self._reregister = asyncio.Event()
+        self._running = False
+        self._collisions: set[str] = set()
 
     def host(self, server: MCPServer) -> "Runner":
-        """Back tools with an MCP server (its tools join this runner's capabilities).
+        """Serve an MCP server's tools from this runner: when the runner starts it connects to
+        the server (credentials — ``env``, ``headers`` — stay here), publishes the tools'
+        schemas with its ``@tool`` functions, and forwards their jobs to the server. Call it
+        before :meth:`run`.
+
+        Returns:
+            The runner (calls chain).
 
         Raises:
             TypeError: ``server`` is not an MCPServer.
-            NotImplementedError: MCP hosting is not available in this release.
+            RuntimeError: the runner is already running.
+            ValueError: the server is already hosted by a runner.
         """
         if not isinstance(server, MCPServer):
             raise TypeError(f"runner.host() takes an MCPServer, got {type(server).__name__}")
-        raise NotImplementedError(f"cannot host MCPServer {server.name!r}: MCP hosting is not available in this "
-                                  "release of rebuno; serve @tool functions instead")
+        if self._running:
+            raise RuntimeError(f"runner {self.runner_id} is running; host MCP servers before run()")
+        if server._host is not None:
+            raise ValueError(f"MCPServer {server.name!r} is already hosted by runner {server._host!r}")
+        server._host = self.runner_id
+        server._log_context["runner_id"] = self.runner_id
+        self._hosted.append(server)
+        return self
+
+    @property
+    def hosted(self) -> list[MCPServer]:
+        """The MCP servers added with :meth:`host`."""
+        return list(self._hosted)
 
     def _resolve_tools(self) -> dict[str, ToolSpec]:
+        """The ``@tool`` part of the capabilities.
+
+        Raises:
+            ValueError: a capability is neither a ``@tool`` of this process nor under the
+                prefix of a hosted MCP server.
+        """
         tools = {tid: spec for tid, spec in registry().items() if not spec.remote}
         if self.capabilities is None:
             return tools
-        missing = [c for c in self.capabilities if c not in tools]
+        missing = [c for c in self.capabilities if c not in tools
+                   and not any(c.startswith(server.prefix + ".") for server in self._hosted)]
         if missing:
-            raise ValueError(f"runner {self.runner_id}: capabilities without a @tool in this process: {missing}")
-        return {c: tools[c] for c in self.capabilities}
+            raise ValueError(f"runner {self.runner_id}: capabilities without a @tool or hosted MCP server in this "
+                             f"process: {missing}")
+        return {c: tools[c] for c in self.capabilities if c in tools}
+
+    def _source(self, tool_id: str) -> str:
+        spec = self._static.get(tool_id)
+        if spec is not None:
+            return f"@tool {spec.fn.__module__}.{spec.fn.__qualname__}"
+        for server in self._hosted:
+            if tool_id in server._live:
+                return f"MCP server {server.name!r} (tool {server._mcp_name(tool_id)!r})"
+        return "?"
+
+    def _current_tools(self, *, strict: bool) -> dict[str, ToolSpec]:
+        """``@tool`` functions plus the tools of the hosted servers connected now.
+
+        Raises:
+            ValueError: (``strict``) two sources provide one tool id; otherwise the later
+                source's tool is left out and the collision logged.
+        """
+        tools = dict(self._static)
+        for server in self._hosted:
+            for tid, spec in server._live_specs().items():
+                if self.capabilities is not None and tid not in self.capabilities:
+                    continue
+                if tid in tools:
+                    message = (f"runner {self.runner_id}: tool id {tid!r} is provided by both {self._source(tid)} and "
+                               f"MCP server {server.name!r} (tool {server._mcp_name(tid)!r}); pick one source per "
+                               "tool id")
+                    if strict:
+                        raise ValueError(message)
+                    if message not in self._collisions:  # once, not at every registration
+                        self._collisions.add(message)
+                        self.log.error(message + "; the MCP tool is not served")
+                    continue
+                tools[tid] = spec
+        return tools
+
+    def _on_mcp_change(self, server: MCPServer) -> None:
+        self._reregister.set()
 
     def run(self) -> None:
         """Serve jobs until SIGINT/SIGTERM (blocks; ``asyncio.run``)."""
@@ -103,26 +178,53 @@ class Runner(WorkerInstance):
     async def run_async(self) -> None:
         """Serve jobs in the running loop until :meth:`stop` or a signal.
 
+        Hosted MCP servers are connected first (concurrently, each bounded by its
+        ``connect_timeout``); those that fail are retried in the background.
+
         Raises:
-            ValueError: a capability has no ``@tool`` in this process.
+            ValueError: a capability has no ``@tool`` or hosted server in this process, or a tool
+                id is provided by two sources (a ``@tool`` and an MCP tool, or two MCP servers,
+                among those connected at startup) — the message names both.
         """
         configure_logging()
-        self._tools = self._resolve_tools()
-        await self._serve("runner", stream=self.names.jobs_stream, durable=self.names.runner_consumer(self.runner_id),
-                          subject=self.names.jobs(self.runner_id))
+        self._static = self._resolve_tools()
+        self._reregister = asyncio.Event()
+        self._running = True
+        for server in self._hosted:
+            server._add_listener(self._on_mcp_change)
+        try:
+            if self._hosted:
+                await asyncio.gather(*(server.connect() for server in self._hosted))
+            self._tools = self._current_tools(strict=True)
+            await self._serve("runner", stream=self.names.jobs_stream,
+                              durable=self.names.runner_consumer(self.runner_id), subject=self.names.jobs(self.runner_id))
+        finally:
+            self._running = False
+            for server in self._hosted:
+                server._remove_listener(self._on_mcp_change)
+            await disconnect_servers(self._hosted)
 
     async def _on_connected(self) -> list[asyncio.Task]:
         return [asyncio.create_task(self._heartbeat())]
 
     async def _register(self) -> None:
+        """Publish the current tools (replacing this runner's earlier registration)."""
         assert self._requester is not None
+        previous = set(self._tools)
+        self._tools = self._current_tools(strict=False)
         await self._requester.call("runner.register", api.RunnerRegister(
             runner_id=self.runner_id, consumer_id=self.consumer_id,
             tools=[spec.tool_schema() for spec in self._tools.values()]))
+        if self.ready.is_set() and set(self._tools) != previous:
+            self.log.info("capabilities updated", added=sorted(set(self._tools) - previous),
+                          removed=sorted(previous - set(self._tools)))
 
     async def _heartbeat(self) -> None:
+        """Register now, then every ``heartbeat_interval`` seconds and whenever a hosted MCP
+        server connects, goes away or changes its tools."""
         failures = 0
         while not self._stop.is_set():
+            self._reregister.clear()
             try:
                 await self._register()
                 if not self.ready.is_set():
@@ -134,8 +236,12 @@ class Runner(WorkerInstance):
                 failures += 1
                 delay = min(self.reconnect_delay * 2 ** (failures - 1), self.max_reconnect_delay)
                 self.log.warning("registration failed; retrying", error=str(exc), retry_in_s=delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            waits = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._reregister.wait())]
+            try:
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     async def _handle(self, msg: Msg) -> None:
         """One job: started → body → result → ack."""
@@ -230,7 +336,7 @@ class Runner(WorkerInstance):
             await asyncio.sleep(delay)
 
     async def _run_body(self, job) -> Any:
-        spec = self._tools.get(job.tool_id)
+        spec = self._tools.get(job.tool_id) or self._hosted_spec(job.tool_id)
         if spec is None:
             raise RuntimeError(f"No handler registered for tool '{job.tool_id}' on runner {self.runner_id}")
         token = set_state(ExecutionState(job.execution_id))
@@ -238,6 +344,17 @@ class Runner(WorkerInstance):
             return _jsonable(await run_tool(spec, job.arguments))
         finally:
             reset_state(token)
+
+    def _hosted_spec(self, tool_id: str) -> ToolSpec | None:
+        """A tool of a hosted MCP server that is not connected now (its call waits for the
+        reconnection, then fails as retryable)."""
+        if self.capabilities is not None and tool_id not in self.capabilities:
+            return None
+        for server in self._hosted:
+            spec = server._known_spec(tool_id)
+            if spec is not None:
+                return spec
+        return None
 
     async def _watch_cancel(self, job, after_sequence: int, body: asyncio.Task) -> None:
         """Cancel the body when the kernel cancels the step or ends the execution (DESIGN §4.6)."""

@@ -5,7 +5,9 @@ Run it anywhere that reaches the broker (no inbound ports)::
 
     python -m runners.fs --root /srv/data --runner-id fs-edge-1 --url nats://broker:4222
 
-Paths are relative to the root; anything that resolves outside it is refused.
+Paths are relative to the root; anything that resolves outside it is refused. With
+``--mcp-config servers.json`` the runner also hosts the MCP servers of that standard
+``mcpServers`` file, next to its own tools (``rebuno demo`` hosts the git MCP server so).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from rebuno import Runner, ToolError, tool
+from rebuno import MCPServer, Runner, ToolError, tool
+from rebuno.mcp import MCPConfigError
 
 __all__ = ["main", "set_root", "CAPABILITIES"]
 
@@ -97,9 +100,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner-id", default="fs", help="runner id (instances with one id share jobs)")
     parser.add_argument("--url", default=None, help="NATS URL (default $REBUNO_URL)")
     parser.add_argument("--max-concurrency", type=int, default=8)
+    parser.add_argument("--mcp-config", default=None, metavar="PATH",
+                        help="also host the MCP servers of this mcpServers JSON file")
     args = parser.parse_args(argv)
     set_root(args.root)
-    Runner(args.runner_id, kernel_url=args.url, capabilities=CAPABILITIES, max_concurrency=args.max_concurrency).run()
+    try:
+        servers = MCPServer.from_config(args.mcp_config) if args.mcp_config else []
+    except MCPConfigError as exc:
+        parser.error(str(exc))
+    # with hosted servers: every @tool of this process (the fs tools) plus every tool of the servers
+    runner = Runner(args.runner_id, kernel_url=args.url, max_concurrency=args.max_concurrency,
+                    capabilities=None if servers else CAPABILITIES)
+    for server in servers:
+        runner.host(server)
+    runner.run()
     return 0
 
 
