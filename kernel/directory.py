@@ -46,8 +46,7 @@ class ToolDirectory:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5)  # bounded: see _watch
 
     async def _watch(self) -> None:
         """Keep the in-memory directory in step with the bucket (restarting on errors)."""
@@ -65,6 +64,11 @@ class ToolDirectory:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # nats-py can turn a cancellation during the watch's setup into another
+                    # error; swallowing it here would keep this task alive forever
+                    raise asyncio.CancelledError() from exc
                 log.warning("tool directory watch failed; restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
 

@@ -124,7 +124,9 @@ class Kernel:
         self._sub = await self.nc.subscribe(self.names.api_wildcard, queue=KERNEL_QUEUE, cb=self._on_msg,
                                             pending_msgs_limit=65536)
         self.log.info("kernel replica serving", subject=self.names.api_wildcard, queue=KERNEL_QUEUE,
-                      policy=self.policy.describe())
+                      policy=self.policy.describe(), policy_version=self.policy.version)
+        for warning in getattr(self.policy, "warnings", ()):
+            self.log.warning("policy warning", warning=warning)
 
     async def stop(self) -> None:
         """Stop taking requests, finish the ones in flight (up to 10 s), stop background work."""

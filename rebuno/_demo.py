@@ -3,8 +3,9 @@
 Starts the embedded broker and a kernel (with the demo policy), a filesystem
 runner as a separate process (``runners.fs``), and an agent that inspects the
 directory: a remote tool on the runner walks and reads files, local tools in
-the agent summarise them, and one call the policy denies shows the agent
-handling a denial. When the directory is a git checkout, the runner also hosts
+the agent summarise them, two calls the policy denies (one by a rule on its
+arguments: no secrets) show the agent handling denials, and saving the report
+waits for a human's approval, which the demo's client grants. When the directory is a git checkout, the runner also hosts
 the published git MCP server (``mcp-server-git``, from the ``dev`` extra) and
 the agent reads the recent history through it — an MCP tool called through the
 kernel like any other. Prints the report and the execution's full event trail.
@@ -38,17 +39,33 @@ from .client import Client
 from .errors import PolicyError
 
 DEMO_POLICY = """\
-# Policy of `rebuno demo`: the inspector may read files through the fs runner and run
-# its own analysis tools; shell access is denied; everything else falls to the default.
+# Policy of `rebuno demo`: the inspector may read files through the fs runner (never
+# secrets, at most 1 MB at a time) and run its own analysis tools; saving the report
+# needs a human's approval; shell access is denied; everything else falls to the default.
 rules:
   - id: no-shell
     priority: 5
     when: {tool_id: "shell.*"}
     then: {decision: deny, reason: "shell access is not allowed for inspector agents"}
+  - id: no-secrets
+    priority: 8
+    when:
+      tool_id: "fs.read_file"
+      arguments:
+        - {field: path, pattern: '(^|/)(\\.env[^/]*|id_[a-z0-9]+|[^/]*\\.pem|[^/]*\\.key)$'}
+    then: {decision: deny, reason: "secrets stay on the runner"}
   - id: fs-read-only
     priority: 10
-    when: {tool_ids: ["fs.walk", "fs.read_file", "fs.stat"], agent_id: inspector}
+    when:
+      tool_ids: ["fs.walk", "fs.read_file", "fs.stat"]
+      agent_id: inspector
+      arguments:
+        - {field: max_bytes, min: 1, max: 1000000}
     then: {decision: allow, reason: "read-only filesystem access", timeout_ms: 30000}
+  - id: save-needs-approval
+    priority: 12
+    when: {tool_id: "report.save", agent_id: inspector}
+    then: {decision: require_approval, reason: "writing a file needs a human's approval"}
   - id: git-history
     priority: 15
     when: {tool_ids: ["git.git_log", "git.git_status"], agent_id: inspector}
@@ -65,6 +82,15 @@ default:
 fs = remote.Tools("fs")
 git = remote.Tools("git")
 _DOC_NAMES = ("README.md", "README.rst", "README.txt", "README")
+
+
+@tool("report.save")
+def save_report(report: dict) -> str:
+    """Write the report as JSON to a file in the temporary directory; returns its path."""
+    fd, path = tempfile.mkstemp(prefix="rebuno-demo-report-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    return path
 
 
 @tool("analyze.summarize")
@@ -104,13 +130,17 @@ async def inspect_directory(max_entries: int = 5000) -> dict:
     history = None
     if "git.git_log" in git:  # the runner hosts the git MCP server (a git checkout)
         history = _commits(await git["git.git_log"](repo_path=listing["root"], max_count=5))
-    try:
-        await execution.invoke_tool("shell.exec", {"command": "rm -rf ."})
-        denied = None
-    except PolicyError as exc:
-        denied = {"tool_id": "shell.exec", "rule_id": exc.rule_id, "error": exc.message}
-    return {"root": listing["root"], "truncated": listing["truncated"], "summary": summary, "document": doc,
-            "history": history, "denied_call": denied}
+    denied = []
+    for tool_id, arguments in (("shell.exec", {"command": "rm -rf ."}),
+                               ("fs.read_file", {"path": ".env", "max_bytes": 4096})):
+        try:
+            await execution.invoke_tool(tool_id, arguments)
+        except PolicyError as exc:
+            denied.append({"tool_id": tool_id, "rule_id": exc.rule_id, "error": exc.message})
+    report = {"root": listing["root"], "truncated": listing["truncated"], "summary": summary, "document": doc,
+              "history": history, "denied_calls": denied}
+    report["saved_to"] = await save_report(report=report)  # held until a human approves
+    return report
 
 
 def _commits(log: Any) -> list[dict]:
@@ -165,9 +195,10 @@ def _print_report(out: dict) -> None:
         n = len(out["history"])
         print(f"  git history:  {n} recent commit{'s' if n > 1 else ''} (via the git MCP server on the runner), "
               f"latest {latest['commit']} “{subject}”")
-    if out["denied_call"]:
-        d = out["denied_call"]
+    for d in out.get("denied_calls", []):
         print(f"  denied as expected: {d['tool_id']} → {d['error']}")
+    if out.get("saved_to"):
+        print(f"  report saved (after approval) to {out['saved_to']}")
 
 
 async def run_demo(path: str, keep_logs: bool = False) -> int:
@@ -180,9 +211,8 @@ async def run_demo(path: str, keep_logs: bool = False) -> int:
     import nats
 
     from kernel import Kernel
-    from kernel.policy import parse_policy
+    from kernel.policy import policy_from_sources
     from schemas import Names
-    import yaml
 
     print("Starting an embedded NATS server with JetStream, a kernel, a filesystem runner and an agent…")
     server = EmbeddedServer().start()
@@ -192,7 +222,7 @@ async def run_demo(path: str, keep_logs: bool = False) -> int:
     scratch = tempfile.TemporaryDirectory(prefix="rebuno-demo-")
     try:
         nc = await nats.connect(server.url, name="rebuno-demo-kernel")
-        kernel = Kernel(nc, Names(), parse_policy(yaml.safe_load(DEMO_POLICY), "demo-policy.yaml"))
+        kernel = Kernel(nc, Names(), policy_from_sources({"": DEMO_POLICY}, "demo-policy.yaml"))
         await kernel.start()
         env = {**os.environ, "REBUNO_URL": server.url, "REBUNO_LOG_LEVEL": os.environ.get("REBUNO_LOG_LEVEL", "warning"),
                "REBUNO_LOG_FORMAT": "text"}
@@ -223,11 +253,18 @@ async def run_demo(path: str, keep_logs: bool = False) -> int:
             agent = Agent("inspector", kernel_url=server.url)
             agent_task = asyncio.create_task(agent.run_async(inspect_directory))
             await asyncio.wait_for(agent.ready.wait(), 30)
-            print("  agent   inspector (local tools: analyze.summarize, analyze.text_stats)\n")
+            print("  agent   inspector (local tools: analyze.summarize, analyze.text_stats, report.save)\n")
             print("Event trail of the execution:")
             started = time.perf_counter()
+            async def on_event(e) -> None:
+                _print_event(e)
+                if e.type == "step.approval_required":  # the demo's human in the loop says yes
+                    print(f"       ↳ approving {e.payload.tool_id} (as `rebuno approve {e.execution_id}` would)",
+                          flush=True)
+                    await client.approve(e.execution_id, e.step_id, reason="reviewed by the demo")
+
             final = await client.run_until_complete("inspector", {"max_entries": 5000}, labels={"demo": "true"},
-                                                    on_event=_print_event)
+                                                    on_event=on_event)
             elapsed = time.perf_counter() - started
             agent.stop()
             await agent_task

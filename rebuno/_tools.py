@@ -166,7 +166,15 @@ def mark_tool(fn: Callable[..., Any], spec: ToolSpec) -> Callable[..., Any]:
     ``__rebuno_tool__`` (the :class:`ToolSpec`), ``__rebuno_tool_id__``, ``__rebuno_remote__``
     and ``__input_schema__`` (the JSON Schema of its arguments). Framework adapters should read
     these rather than guess from the callable's name.
+
+    A callable with a synthesized ``__signature__`` (``remote.Tools``, ``MCPServer``) also gets
+    matching ``__annotations__``: ``typing.get_type_hints()`` reads those, not the signature,
+    and frameworks such as LangChain build their argument models with it.
     """
+    sig = fn.__dict__.get("__signature__")
+    if isinstance(sig, inspect.Signature) and not hasattr(fn, "__wrapped__"):
+        fn.__annotations__ = {p.name: p.annotation for p in sig.parameters.values()
+                              if p.annotation is not inspect.Parameter.empty} | {"return": Any}
     fn.__rebuno_tool__ = spec  # type: ignore[attr-defined]
     fn.__rebuno_tool_id__ = spec.id  # type: ignore[attr-defined]
     fn.__rebuno_remote__ = spec.remote  # type: ignore[attr-defined]

@@ -403,6 +403,9 @@ async def _events(args, c: Client) -> None:
     if args.tail:
         async for e in c.events(args.id):
             print(_event_line(e) if not args.json else msgspec.json.encode(e).decode(), flush=True)
+            if e.type == "step.approval_required" and not args.json:
+                print(f"    waiting for a human: rebuno approve {args.id} --step {e.step_id}   "
+                      f"or   rebuno deny {args.id} --step {e.step_id} --reason TEXT", flush=True)
         return
     events = await c.events_snapshot(args.id, limit=args.limit)
     if not events:

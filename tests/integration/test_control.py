@@ -71,8 +71,14 @@ async def test_approval_granted_or_denied(nats_server, approved: bool) -> None:
             await client.approve(ex.id, "not-the-held-step")
         if approved:
             await client.approve(ex.id, reason="looks fine")
-        else:
-            await client.deny(ex.id, reason="not this month")
+        else:  # through the CLI, as an operator would
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rebuno.cli", "deny", ex.id, "--reason", "not this month",
+                "--url", nats_server.url, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()
+            assert out.decode().startswith(f"Denied on execution {ex.id}: not this month")
         events = await _events(client, ex.id)
         final = await client.get(ex.id)
         assert final.status is ExecutionStatus.COMPLETED, final.error

@@ -1,5 +1,6 @@
-"""``rebuno demo`` end to end on a small git checkout: fs runner, local tools, a policy denial,
-and the published git MCP server hosted by the runner."""
+"""``rebuno demo`` end to end on a small git checkout: fs runner, local tools, policy denials
+(one by an argument predicate), an approval the demo grants, and the published git MCP server
+hosted by the runner."""
 
 from __future__ import annotations
 
@@ -36,3 +37,10 @@ def test_demo_on_a_git_checkout(tmp_path: Path) -> None:
     assert "git history:  1 recent commit (via the git MCP server on the runner), latest" in out
     assert "“Start the small project”" in out
     assert "denied as expected: shell.exec" in out
+    # an argument predicate denies reading a secret; the report is saved once the demo approves
+    assert "denied as expected: fs.read_file → policy denied: secrets stay on the runner (rule: no-secrets)" in out
+    assert "step.approval_required" in out and "approving report.save" in out
+    assert '"reason":"approval granted"' in out
+    saved = out.split("report saved (after approval) to ")[1].split()[0]
+    assert Path(saved).is_file()
+    Path(saved).unlink()
