@@ -26,8 +26,9 @@ import msgspec
 import structlog
 from nats.js.kv import KeyValue
 
-from schemas import codec
-from schemas.records import LeaseRecord
+from schemas.records import (
+    TERMINAL_EXECUTION, TERMINAL_STEP, ExecutionStatus, LeaseRecord, Session, StepStatus,
+)
 
 from . import machine
 
@@ -37,6 +38,35 @@ log = structlog.get_logger("rebuno.kernel.timers")
 
 _RETRY_AFTER = timedelta(seconds=1)
 _LEASE_DECODER = msgspec.json.Decoder(LeaseRecord)
+
+
+class _StepView(msgspec.Struct):
+    status: StepStatus
+    deadline: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status not in TERMINAL_STEP
+
+
+class _RecordView(msgspec.Struct):
+    """The part of an execution record deadlines depend on. Every replica decodes every record
+    write; decoding only these fields (the rest is skipped) keeps that cheap."""
+
+    status: ExecutionStatus
+    created_at: datetime
+    session: Session | None = None
+    steps: dict[str, _StepView] = {}
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_EXECUTION
+
+    def active_steps(self) -> list[_StepView]:
+        return [s for s in self.steps.values() if s.active]
+
+
+_VIEW_DECODER = msgspec.json.Decoder(_RecordView)
 
 
 def _now() -> datetime:
@@ -126,14 +156,14 @@ class Timers:
             self._base.pop(execution_id, None)
             return
         try:
-            rec = codec.RECORD_DECODER.decode(value)
+            rec = _VIEW_DECODER.decode(value)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return  # repaired from the stream when next touched
         if rec.terminal:
             self._base.pop(execution_id, None)
             self._leases.pop(execution_id, None)
             return
-        self._base[execution_id] = (machine.next_due(rec, self.limits, None),
+        self._base[execution_id] = (machine.next_due(rec, self.limits, None),  # type: ignore[arg-type]
                                     rec.session.id if rec.session else "")
         self._schedule(execution_id)
 

@@ -1257,3 +1257,23 @@ def test_rate_limited_allow_is_denied_and_recorded() -> None:
     assert d.events[0].payload.rule_id == "limited"
     assert str(d.error) == "rate limit exceeded: max 2 per 1m (rule: limited)" or "rule: limited" in d.error.message
     assert x.rec.step_count == 0
+
+
+def test_timer_index_view_agrees_with_the_record(h: Harness) -> None:
+    """Replicas index deadlines from a partial decode of each record (kernel/timers.py)."""
+    from kernel.timers import _VIEW_DECODER
+
+    def same() -> None:
+        view = _VIEW_DECODER.decode(codec.encode(h.rec))
+        assert machine.next_due(view, h.limits, None) == machine.next_due(h.rec, h.limits, None)  # type: ignore[arg-type]
+
+    same()
+    sid = h.invoke("calc", key="k1").reply.step_id
+    same()
+    h.intent(api.Wait(signal_type="go", idempotency_key="w"))  # blocked: step deadlines pause
+    same()
+    h.signal("go")
+    h.step_result(sid, data=1)
+    same()
+    h.intent(api.Complete(output=1))
+    same()
