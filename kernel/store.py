@@ -155,22 +155,35 @@ class Store:
         return await kv.update(execution_id, data, last=revision)
 
     async def all_records(self) -> list[ExecutionRecord]:
-        """Every execution record (a snapshot read of the bucket's latest values)."""
-        watcher = await self.kv["executions"].watchall(ignore_deletes=True)
-        out = []
+        """Every execution record (a snapshot read of the bucket's latest values).
+
+        The read ends at the entry with nothing pending after it, not at the watcher's
+        "initial values done" marker: under load nats-py can deliver that marker before the
+        values, which made a busy bucket look empty.
+        """
+        kv = self.kv["executions"]
+        info = await self.js.stream_info(f"KV_{self.names.executions_bucket}")
+        if not info.state.messages:
+            return []
+        watcher = await kv.watchall()
+        out: dict[str, ExecutionRecord] = {}
         try:
             while True:
                 entry = await watcher.updates(timeout=5.0)
                 if entry is None:
-                    break
-                if entry.value:
+                    continue  # the marker; the values come (or came) on their own
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    out.pop(entry.key, None)
+                else:
                     try:
-                        out.append(codec.RECORD_DECODER.decode(entry.value))
+                        out[entry.key] = codec.RECORD_DECODER.decode(entry.value)
                     except (msgspec.DecodeError, msgspec.ValidationError):
-                        continue  # rebuilt from the stream when the execution is next touched
+                        pass  # rebuilt from the stream when the execution is next touched
+                if not entry.delta:
+                    break
         finally:
             await watcher.stop()
-        return out
+        return list(out.values())
 
     # -- work queues ---------------------------------------------------------------
     async def publish_notice(self, notice: AssignmentNotice, msg_id: str) -> None:
