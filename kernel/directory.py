@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 import nats.js.errors
@@ -27,6 +27,7 @@ __all__ = ["ToolDirectory"]
 
 _CAS_ATTEMPTS = 10
 _INSTANCES_KEPT = 32
+_DEFAULT_HEARTBEAT_MS = 30_000
 """Instances remembered per runner id (most recently seen first)."""
 
 log = structlog.get_logger("rebuno.kernel.directory")
@@ -101,35 +102,53 @@ class ToolDirectory:
             not p or e.id == p or e.id.startswith(p + ".") or e.id.startswith(p + "_"))), key=lambda e: e.id)
 
     async def register(self, req: api.RunnerRegister) -> None:
-        """Publish a runner instance's tools: add the runner to each tool's entry, drop it from
-        tools it no longer advertises, and record the instance in ``<prefix>-runners``.
+        """Publish a runner instance's tools and record the instance in ``<prefix>-runners``.
+
+        The runner's capabilities become the union of the tools of its live instances (seen
+        within three heartbeats), so instances that differ — a rolling upgrade, an MCP server
+        up on one instance only — do not overwrite each other. Tools no live instance
+        advertises any more are dropped from the directory.
 
         Raises:
-            KernelError: VALIDATION_ERROR for invalid or duplicate tool ids.
+            KernelError: VALIDATION_ERROR for invalid or duplicate tool ids;
+                SERVICE_UNAVAILABLE when the runner's record stays contended.
         """
         now = datetime.now(timezone.utc)
         runners_kv = self.store.kv["runners"]
         ids = [validate_tool_id(t.id) for t in req.tools]
         if len(set(ids)) != len(ids):
             raise KernelError("VALIDATION_ERROR", "duplicate tool ids in registration")
-        previous: RunnerRecord | None = None
-        prev_rev = 0
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            raw = await runners_kv.get(req.runner_id)
-            previous, prev_rev = codec.RUNNER_DECODER.decode(raw.value), raw.revision
-        dropped = set(previous.capabilities) - set(ids) if previous else set()
-        await asyncio.gather(*(self._upsert(req.runner_id, t.id, t, now) for t in req.tools),
-                             *(self._upsert(req.runner_id, t, None, now) for t in dropped))
-        instances = dict(previous.instances) if previous else {}
-        instances[req.consumer_id] = now
-        kept = dict(sorted(instances.items(), key=lambda kv: kv[1], reverse=True)[:_INSTANCES_KEPT])
-        record = RunnerRecord(id=req.runner_id, capabilities=ids, instances=kept, last_heartbeat=now)
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):  # a concurrent heartbeat won
-            if prev_rev:
-                await runners_kv.update(req.runner_id, codec.encode(record), last=prev_rev)
-            else:
-                await runners_kv.create(req.runner_id, codec.encode(record))
-        log.info("runner registered", runner_id=req.runner_id, consumer_id=req.consumer_id, tools=len(ids))
+        heartbeat = timedelta(milliseconds=req.heartbeat_ms or _DEFAULT_HEARTBEAT_MS)
+        for _ in range(_CAS_ATTEMPTS):
+            previous: RunnerRecord | None = None
+            prev_rev = 0
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                raw = await runners_kv.get(req.runner_id)
+                previous, prev_rev = codec.RUNNER_DECODER.decode(raw.value), raw.revision
+            instances = dict(previous.instances) if previous else {}
+            tools = dict(previous.instance_tools) if previous else {}
+            instances[req.consumer_id] = now
+            tools[req.consumer_id] = ids
+            live = {c for c, seen in instances.items() if now - seen <= 3 * heartbeat}
+            kept = dict(sorted(instances.items(), key=lambda kv: kv[1], reverse=True)[:_INSTANCES_KEPT])
+            union = sorted({t for c in live for t in tools.get(c, ())})
+            record = RunnerRecord(id=req.runner_id, capabilities=union, instances=kept, last_heartbeat=now,
+                                  instance_tools={c: t for c, t in tools.items() if c in kept},
+                                  heartbeat_ms=int(heartbeat.total_seconds() * 1000))
+            try:
+                if prev_rev:
+                    await runners_kv.update(req.runner_id, codec.encode(record), last=prev_rev)
+                else:
+                    await runners_kv.create(req.runner_id, codec.encode(record))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another instance registered meanwhile: merge with its record
+            dropped = set(previous.capabilities) - set(union) if previous else set()
+            await asyncio.gather(*(self._upsert(req.runner_id, t.id, t, now) for t in req.tools),
+                                 *(self._upsert(req.runner_id, t, None, now) for t in dropped))
+            log.info("runner registered", runner_id=req.runner_id, consumer_id=req.consumer_id, tools=len(ids),
+                     capabilities=len(union), live_instances=len(live))
+            return
+        raise KernelError("SERVICE_UNAVAILABLE", f"runner {req.runner_id} record is too contended; retry")
 
     async def _upsert(self, runner_id: str, tool_id: str, schema: api.ToolSchema | None, now: datetime) -> None:
         """Add (``schema`` given) or remove ``runner_id`` on one entry, by compare-and-set."""

@@ -214,7 +214,8 @@ class Runner(WorkerInstance):
         self._tools = self._current_tools(strict=False)
         await self._requester.call("runner.register", api.RunnerRegister(
             runner_id=self.runner_id, consumer_id=self.consumer_id,
-            tools=[spec.tool_schema() for spec in self._tools.values()]))
+            tools=[spec.tool_schema() for spec in self._tools.values()],
+            heartbeat_ms=int(self.heartbeat_interval * 1000)))
         if self.ready.is_set() and set(self._tools) != previous:
             self.log.info("capabilities updated", added=sorted(set(self._tools) - previous),
                           removed=sorted(previous - set(self._tools)))
@@ -253,6 +254,13 @@ class Runner(WorkerInstance):
             await msg.term()
             return
         log = self.log.bind(execution_id=job.execution_id, step_id=job.step_id, tool_id=job.tool_id, job_id=job.id)
+        if self._tools.get(job.tool_id) is None and self._hosted_spec(job.tool_id) is None:
+            # Another instance of this runner has the tool (its capabilities are the union of
+            # its instances'): hand the job back for it; the step's deadline bounds the wait.
+            log.info("tool not served by this instance; handing the job back")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            return
         if job.not_before is not None:  # a retry: wait out its delay (``spec/kernel.md`` §11)
             wait = (job.not_before - datetime.now(timezone.utc)).total_seconds()
             if wait > 0:

@@ -275,11 +275,15 @@ class StepResultReply(msgspec.Struct, **_A):
 
 # ----------------------------------------------------------------- runner --
 class RunnerRegister(msgspec.Struct, **_Q):
-    """``runner.register``: publish a runner instance's tools (replaces that runner's entries)."""
+    """``runner.register``: publish a runner instance's tools. The runner's capabilities are the
+    union of the tools of its live instances (a rolling upgrade may run two versions at once)."""
 
     runner_id: Id
     consumer_id: Annotated[str, Meta(min_length=1, max_length=256)]
     tools: list[ToolSchema] = []
+    heartbeat_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 0
+    """How often this instance registers (milliseconds; 0: 30 s). An instance silent for three
+    of these no longer counts towards its runner's capabilities."""
 
 
 class RunnerStarted(msgspec.Struct, **_Q):

@@ -247,12 +247,20 @@ class ToolEntry(msgspec.Struct, **_R, frozen=True):
 
 
 class RunnerRecord(msgspec.Struct, **_R, frozen=True):
-    """A runner in ``<prefix>-runners``: its capabilities and instances (consumer id → last seen)."""
+    """A runner in ``<prefix>-runners``: its capabilities and instances (consumer id → last seen).
+
+    Attributes:
+        capabilities: the union of the tools of the live instances.
+        instance_tools: the tool ids each instance last registered.
+        heartbeat_ms: the registration interval the instances last announced (milliseconds).
+    """
 
     id: str
     capabilities: list[str]
     instances: dict[str, datetime]
     last_heartbeat: datetime
+    instance_tools: dict[str, list[str]] = {}
+    heartbeat_ms: int = 0
 
 
 class LeaseRecord(msgspec.Struct, **_R, frozen=True):

@@ -321,3 +321,53 @@ async def test_list_filters_and_pagination(cluster: Cluster) -> None:
     odd = await client.list(labels={"odd": "1"}, status="pending")
     assert {r.id for r in odd.executions} == {ids[i] for i in (1, 3, 5)}
     assert (await client.list(status="completed", agent_id="nobody-home")).executions == []
+
+
+async def test_instances_of_one_runner_with_different_tools(cluster: Cluster) -> None:
+    """A rolling upgrade: the old instance serves v1 only, the new one v1 and v2. The runner's
+    capabilities are the union (heartbeats of the old one do not drop v2), and a v2 job pulled
+    by the old instance is handed back to the new one."""
+    served: list[tuple[str, str]] = []
+
+    def v1_body(x: int) -> str:
+        served.append(("v1", execution.id))
+        return f"v1:{x}"
+
+    def v2_body(x: int) -> str:
+        served.append(("v2", execution.id))
+        return f"v2:{x}"
+
+    @tool("upgrade.v1", remote=True)
+    async def v1(x: int) -> str:
+        """Stub."""
+
+    @tool("upgrade.v2", remote=True)
+    async def v2(x: int) -> str:
+        """Stub."""
+
+    with serving_bodies({"upgrade.v1": v1_body, "upgrade.v2": v2_body}):
+        old = await cluster.runner("upgrading", capabilities=["upgrade.v1"], heartbeat_interval=0.2)
+        new = await cluster.runner("upgrading", capabilities=["upgrade.v1", "upgrade.v2"], heartbeat_interval=0.2)
+    client = cluster.client()
+
+    async def both_listed() -> bool:
+        tools = {t.id: t.runner_ids for t in await client.list_tools("upgrade")}
+        return tools == {"upgrade.v1": ["upgrading"], "upgrade.v2": ["upgrading"]}
+
+    await wait_for(both_listed)
+    await asyncio.sleep(0.6)  # several heartbeats of each instance
+    assert await both_listed()
+
+    async def handler(n: int) -> list[str]:
+        return list(await asyncio.gather(*(v2(x=i) for i in range(n)), v1(x=0)))
+
+    await cluster.agent("upgrade-agent", handler, max_concurrency=2)
+    final = await client.run_until_complete("upgrade-agent", {"n": 6})
+    assert final.status is ExecutionStatus.COMPLETED, final.error
+    assert final.output == [f"v2:{i}" for i in range(6)] + ["v1:0"]
+    assert sorted(kind for kind, _ in served) == ["v1"] + ["v2"] * 6
+    # the old instance stops: after three of its heartbeats v2 is still there (the new one has it)
+    await cluster.stop_actor(old)
+    await asyncio.sleep(0.8)
+    assert await both_listed()
+    assert new.runner_id == "upgrading"
