@@ -40,6 +40,8 @@ class ToolDirectory:
         self.store = store
         self._tools: dict[str, ToolEntry] = {}
         self._task: asyncio.Task | None = None
+        self._loaded = asyncio.Event()
+        """Set once the watch delivered the bucket's initial values."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="rebuno-kernel-tools-watch")
@@ -56,12 +58,15 @@ class ToolDirectory:
                 watcher = await self.store.kv["tools"].watchall()
                 async for entry in watcher:
                     if entry is None:
+                        self._loaded.set()
                         continue
                     if entry.operation in ("DEL", "PURGE") or not entry.value:
                         self._tools.pop(entry.key, None)
                     else:
                         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                             self._tools[entry.key] = codec.TOOL_DECODER.decode(entry.value)
+                    if not entry.delta:
+                        self._loaded.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -91,12 +96,10 @@ class ToolDirectory:
     async def list(self, prefix: str = "") -> list[ToolEntry]:
         """Entries advertised by at least one runner whose id equals ``prefix`` or starts with
         ``prefix.`` or ``prefix_`` (all when empty), sorted by id."""
+        if not self._loaded.is_set():  # right after start: give the watch a moment to catch up
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._loaded.wait(), 2.0)
         entries = list(self._tools.values())
-        if not entries:  # right after start, before the watcher caught up
-            with contextlib.suppress(nats.js.errors.NoKeysError):
-                for key in await self.store.kv["tools"].keys():
-                    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                        entries.append(codec.TOOL_DECODER.decode((await self.store.kv["tools"].get(key)).value))
         p = prefix
         return sorted((e for e in entries if e.runner_ids and (
             not p or e.id == p or e.id.startswith(p + ".") or e.id.startswith(p + "_"))), key=lambda e: e.id)

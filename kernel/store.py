@@ -165,7 +165,9 @@ class Store:
         info = await self.js.stream_info(f"KV_{self.names.executions_bucket}")
         if not info.state.messages:
             return []
-        watcher = await kv.watchall()
+        # a one-shot read: the server drops the watch's consumer 10 s after it goes idle,
+        # instead of the default 5 minutes (frequent listings would pile consumers up)
+        watcher = await kv.watchall(inactive_threshold=10.0)
         out: dict[str, ExecutionRecord] = {}
         try:
             while True:
