@@ -89,7 +89,7 @@ class ToolDirectory:
         if entry is None:
             with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
                 raw = await self.store.kv["tools"].get(tool_id)
-                entry = codec.TOOL_DECODER.decode(raw.value)
+                entry = codec.TOOL_DECODER.decode(raw.value or b"")
                 self._tools[tool_id] = entry
         return entry.runner_ids if entry else []
 
@@ -127,7 +127,7 @@ class ToolDirectory:
             prev_rev = 0
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 raw = await runners_kv.get(req.runner_id)
-                previous, prev_rev = codec.RUNNER_DECODER.decode(raw.value), raw.revision
+                previous, prev_rev = codec.RUNNER_DECODER.decode(raw.value or b""), raw.revision or 0
             instances = dict(previous.instances) if previous else {}
             tools = dict(previous.instance_tools) if previous else {}
             instances[req.consumer_id] = now
@@ -159,7 +159,7 @@ class ToolDirectory:
         for _ in range(_CAS_ATTEMPTS):
             try:
                 raw = await tools_kv.get(tool_id)
-                cur, rev = codec.TOOL_DECODER.decode(raw.value), raw.revision
+                cur, rev = codec.TOOL_DECODER.decode(raw.value or b""), raw.revision or 0
             except nats.js.errors.KeyNotFoundError:
                 cur, rev = None, 0
             runners = set(cur.runner_ids) if cur else set()

@@ -336,10 +336,10 @@ def intent(rec: ExecutionRecord, req: api.IntentRequest, now: datetime, *, polic
             return Decision(b.events, api.IntentReply())
         case api.Wait():
             key = it.idempotency_key or req.request_id
-            details: dict[str, Any] = {"signal_type": it.signal_type}
+            wait_details: dict[str, Any] = {"signal_type": it.signal_type}
             if key:
-                details["idempotency_key"] = key
-            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="wait", details=details))
+                wait_details["idempotency_key"] = key
+            b.add(ev.IntentAccepted, ev.IntentAcceptedPayload(intent_type="wait", details=wait_details))
             pending = next((s for s in rec.pending_signals if s.signal_type == it.signal_type), None)
             if pending is not None:
                 b.add(ev.ExecutionResumed, ev.ExecutionResumedPayload(

@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import api, codec
-from schemas.events import EventBatch
+from schemas.events import EventBatch, ExecutionResumed
 from schemas.ids import InvalidIdError, new_id
 from schemas.records import ExecutionRecord, ExecutionStatus, LeaseRecord, PolicyBundle
 from schemas.subjects import HEADER_SCHEMA, HEADER_TYPE, KERNEL_QUEUE, Names
@@ -94,7 +94,7 @@ class Kernel:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._saves: dict[str, asyncio.Task] = {}
         self._rr = itertools.count()
-        self._sub = None
+        self._sub: Any = None
         self.timers: Timers | None = None
         self.limiter: RateLimiter | None = None
         self._policy_watch: asyncio.Task | None = None
@@ -429,7 +429,7 @@ class Kernel:
             req.execution_id, lambda r: machine.signal(r, req, _now(), limits=self.limits, pick_runner=self._pick),
             req.request_id)
         for event in decision.events:
-            if event.type == "execution.resumed":
+            if isinstance(event, ExecutionResumed):
                 self.log.info("execution resumed", execution_id=rec.id, reason=event.payload.reason)
         return decision.reply
 
