@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 from datetime import datetime, timedelta, timezone
 
 import msgspec
@@ -21,6 +22,7 @@ from schemas.ids import validate_tool_id
 from schemas.records import RunnerRecord, ToolEntry
 
 from .errors import KernelError
+from ._watch import watch_bucket
 from .store import Store
 
 __all__ = ["ToolDirectory"]
@@ -52,31 +54,20 @@ class ToolDirectory:
             await asyncio.wait({self._task}, timeout=5)  # bounded: see _watch
 
     async def _watch(self) -> None:
-        """Keep the in-memory directory in step with the bucket (restarting on errors)."""
-        while True:
-            try:
-                watcher = await self.store.kv["tools"].watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        self._loaded.set()
-                        continue
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        self._tools.pop(entry.key, None)
-                    else:
-                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                            self._tools[entry.key] = codec.TOOL_DECODER.decode(entry.value)
-                    if not entry.delta:
-                        self._loaded.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # nats-py can turn a cancellation during the watch's setup into another
-                    # error; swallowing it here would keep this task alive forever
-                    raise asyncio.CancelledError() from exc
-                log.warning("tool directory watch failed; restarting", error=repr(exc))
-                await asyncio.sleep(1.0)
+        """Keep the in-memory directory in step with the bucket."""
+        await watch_bucket(self.store.kv["tools"], self._apply, what="tool directory")
+
+    def _apply(self, entry: Any) -> None:
+        if entry is None:
+            self._loaded.set()
+            return
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._tools.pop(entry.key, None)
+        else:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                self._tools[entry.key] = codec.TOOL_DECODER.decode(entry.value)
+        if not entry.delta:
+            self._loaded.set()
 
     def cached_runner_ids(self, tool_id: str) -> list[str]:
         """Runners advertising ``tool_id`` in this replica's view (no broker read)."""

@@ -373,17 +373,30 @@ def step_result(rec: ExecutionRecord, req: api.StepResult, now: datetime, *, lim
     if req.success:
         b.add(ev.StepCompleted, ev.StepCompletedPayload(result=req.data), step.id)
         return Decision(b.events, api.StepResultReply())
-    error = req.error or "tool failed"
-    if req.retryable and step.attempt < step.max_attempts:
-        nxt = step.attempt + 1
-        delay = retry_delay(limits, nxt)
-        b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=True), step.id)
-        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=nxt, not_before=now + delay,
-                                                    deadline=now + delay + limits.step_timeout), step.id)
-        return Decision(b.events, api.StepResultReply(retry_attempt=nxt,
-                                                      retry_delay_ms=int(delay.total_seconds() * 1000)))
-    b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=False), step.id)
-    return Decision(b.events, api.StepResultReply())
+    retry = _fail(b, step, req.error, req.retryable, limits, local=True)
+    if retry is None:
+        return Decision(b.events, api.StepResultReply())
+    attempt, not_before = retry
+    return Decision(b.events, api.StepResultReply(
+        retry_attempt=attempt, retry_delay_ms=int((not_before - now).total_seconds() * 1000)))
+
+
+def _fail(b: EventBuilder, step: StepRecord, error: str, retryable: bool, limits: Limits, *,
+          local: bool) -> tuple[int, datetime] | None:
+    """``step.failed``, and when the failure is retryable with attempts left, ``step.retried``
+    (S9, ``spec/kernel.md`` §11). Returns the next attempt and when it may start, or None.
+    A local step's retry carries its new deadline; a remote one's comes with its job."""
+    error = error or "tool failed"
+    if not (retryable and step.attempt < step.max_attempts):
+        b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=False), step.id)
+        return None
+    nxt = step.attempt + 1
+    not_before = b.now + retry_delay(limits, nxt)
+    b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=True), step.id)
+    b.add(ev.StepRetried, ev.StepRetriedPayload(
+        next_attempt=nxt, not_before=not_before, deadline=not_before + limits.step_timeout if local else None),
+        step.id)
+    return nxt, not_before
 
 
 def _repeat_of_outcome(step: StepRecord, same: bool, reply: Any = None) -> Decision:
@@ -574,17 +587,13 @@ def runner_result(rec: ExecutionRecord, req: api.RunnerResult, now: datetime, *,
     if req.success:
         b.add(ev.StepCompleted, ev.StepCompletedPayload(result=req.data), step.id)
         return Decision(b.events, api.Ok())
-    error = req.error or "tool failed"
-    if req.retryable and step.attempt < step.max_attempts:
-        nxt = step.attempt + 1
-        not_before = now + retry_delay(limits, nxt)
-        b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=True), step.id)
-        b.add(ev.StepRetried, ev.StepRetriedPayload(next_attempt=nxt, not_before=not_before), step.id)
+    retry = _fail(b, step, req.error, req.retryable, limits, local=False)
+    if retry is not None:
+        nxt, not_before = retry
         deadline = not_before + limits.step_timeout
         job = Job(id=new_id(), execution_id=rec.id, step_id=step.id, tool_id=step.tool_id, attempt=nxt,
                   deadline=deadline, runner_id=req.runner_id, arguments=step.arguments, not_before=not_before)
         b.add(ev.StepDispatched, ev.StepDispatchedPayload(runner_id=req.runner_id, job_id=job.id,
                                                           deadline=deadline), step.id)
         return Decision(b.events, api.Ok(), jobs=[job])
-    b.add(ev.StepFailed, ev.StepFailedPayload(error=error, retryable=False), step.id)
     return Decision(b.events, api.Ok())

@@ -34,7 +34,9 @@ from schemas.subjects import HEADER_SCHEMA, HEADER_TYPE, KERNEL_QUEUE, Names
 from . import machine
 from .config import KernelConfig
 from .errors import KernelError
+from ._watch import watch_bucket
 from .policy import Policy, PolicyError, policy_from_sources
+from .policy_store import ACTIVE_KEY
 from .ratelimit import RateLimitUnavailable, RateLimiter
 from .state import FoldError, apply_batch, replay_calls
 from .directory import ToolDirectory
@@ -590,7 +592,7 @@ class Kernel:
         """Use the policy in ``<prefix>-policy`` when one was applied: every replica enforces
         the same rules, whatever policy it was started with."""
         try:
-            entry = await self.store.kv["policy"].get("active")
+            entry = await self.store.kv["policy"].get(ACTIVE_KEY)
         except nats.js.errors.KeyNotFoundError:
             return
         if not entry.value:
@@ -608,25 +610,16 @@ class Kernel:
 
     async def _watch_policy(self) -> None:
         """Switch to each newly applied policy without a restart (``rebuno policy apply``)."""
-        while True:
-            try:
-                watcher = await self.store.kv["policy"].watch("active", include_history=False)
-                async for entry in watcher:
-                    if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
-                        continue
-                    try:
-                        policy = self._bundle_policy(entry.value)
-                    except (PolicyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        self.log.error("ignoring an invalid applied policy", error=str(exc))
-                        continue
-                    if policy.version != self.policy.version:
-                        self.policy = policy
-                        self.log.info("policy switched", policy=policy.describe(), version=policy.version)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError() from exc
-                self.log.warning("policy watch failed; restarting", error=repr(exc))
-                await asyncio.sleep(1.0)
+        await watch_bucket(self.store.kv["policy"], self._on_policy, what="policy", keys=ACTIVE_KEY)
+
+    def _on_policy(self, entry: Any) -> None:
+        if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
+            return
+        try:
+            policy = self._bundle_policy(entry.value)
+        except (PolicyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.log.error("ignoring an invalid applied policy", error=str(exc))
+            return
+        if policy.version != self.policy.version:
+            self.policy = policy
+            self.log.info("policy switched", policy=policy.describe(), version=policy.version)

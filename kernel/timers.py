@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import msgspec
 import structlog
@@ -31,6 +31,7 @@ from schemas.records import (
 )
 
 from . import machine
+from ._watch import watch_bucket
 
 __all__ = ["Timers"]
 
@@ -71,13 +72,6 @@ _VIEW_DECODER = msgspec.json.Decoder(_RecordView)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _cancelling() -> bool:
-    """Whether the current task is being cancelled (a library may have turned the
-    cancellation into another exception; a watch loop must not swallow it)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class Timers:
@@ -135,21 +129,12 @@ class Timers:
 
     # -- index ----------------------------------------------------------------------
     async def _watch(self, kv: KeyValue, apply: Callable[[str, bytes | None], None]) -> None:
-        while True:
-            try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                    apply(entry.key, None if deleted else entry.value)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
-                if _cancelling():
-                    raise asyncio.CancelledError() from exc
-                log.warning("timer index watch failed; restarting", bucket=kv._name, error=repr(exc))
-                await asyncio.sleep(1.0)
+        def on_entry(entry: Any) -> None:
+            if entry is not None:
+                deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+                apply(entry.key, None if deleted else entry.value)
+
+        await watch_bucket(kv, on_entry, what=f"timer index ({kv._name})")
 
     def _on_record(self, execution_id: str, value: bytes | None) -> None:
         if value is None:

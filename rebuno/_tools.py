@@ -14,7 +14,7 @@ import functools
 import inspect
 import keyword
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar, overload
+from typing import Any, Callable, Iterator, TypeVar, overload
 
 import msgspec
 import pydantic
@@ -271,3 +271,46 @@ def make_remote_callable(tool_id: str, description: str, schema: dict[str, Any],
     remote_tool.__signature__ = sig  # type: ignore[attr-defined]
     return mark_tool(remote_tool, ToolSpec(id=tool_id, fn=remote_tool, remote=True, description=description,
                                            schema=schema))
+
+
+class ToolCollection:
+    """The read-only interface shared by ``remote.Tools`` and ``MCPServer``: iterate the tool
+    callables, ``len()``, ``tool_id in``, and ``collection["tool.id"]``. Subclasses provide
+    ``_require()`` (tool id → callable, sorted; raises RuntimeError when not connected) and
+    ``_label()`` (how error messages name the collection)."""
+
+    def _require(self) -> dict[str, Callable[..., Any]]:
+        raise NotImplementedError
+
+    def _label(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def tools(self) -> list[Callable[..., Any]]:
+        """The tool callables, in id order (splat them into a framework's tool list).
+
+        Raises:
+            RuntimeError: the collection is not connected yet (outside ``agent.run()``).
+        """
+        return list(self._require().values())
+
+    def __iter__(self) -> Iterator[Callable[..., Any]]:
+        return iter(self.tools)
+
+    def __len__(self) -> int:
+        return len(self._require())
+
+    def __contains__(self, tool_id: object) -> bool:
+        return tool_id in self._require()
+
+    def __getitem__(self, tool_id: str) -> Callable[..., Any]:
+        """The callable of one tool by its full id.
+
+        Raises:
+            KeyError: no such tool (the message lists the available ids).
+            RuntimeError: as :attr:`tools`.
+        """
+        tools = self._require()
+        if tool_id not in tools:
+            raise KeyError(f"{self._label()} has no tool {tool_id!r}; available: {sorted(tools)}")
+        return tools[tool_id]

@@ -83,14 +83,14 @@ import sys
 import weakref
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import structlog
 
 from schemas.ids import InvalidIdError, validate_tool_id
 
 from ._execution import current_state
-from ._tools import ToolSpec, mark_tool, signature_from_schema
+from ._tools import ToolCollection, ToolSpec, mark_tool, signature_from_schema
 from .errors import ToolError
 
 __all__ = ["MCPServer", "MCPConfigError", "tool_id_for", "step_result"]
@@ -172,7 +172,7 @@ async def _wait_any(events: Sequence[asyncio.Event], timeout: float | None) -> b
             w.cancel()
 
 
-class MCPServer:
+class MCPServer(ToolCollection):
     """An MCP server reached over stdio (``command``) or streamable HTTP (``url``).
 
     Args:
@@ -319,7 +319,7 @@ class MCPServer:
             RuntimeError: the server never connected (outside ``agent.run()``, or unreachable
                 so far — the message carries the last error).
         """
-        return list(self._require().values())
+        return super().tools
 
     @property
     def tool_ids(self) -> list[str]:
@@ -338,26 +338,8 @@ class MCPServer:
         ids = self._live if self._client is not None else self._known
         return {tid: self._callables[tid] for tid in sorted(ids)}
 
-    def __iter__(self) -> Iterator[Callable[..., Any]]:
-        return iter(self.tools)
-
-    def __len__(self) -> int:
-        return len(self._require())
-
-    def __contains__(self, tool_id: object) -> bool:
-        return tool_id in self._require()
-
-    def __getitem__(self, tool_id: str) -> Callable[..., Any]:
-        """The callable of one tool by its full id (``"<prefix>.<tool>"``).
-
-        Raises:
-            KeyError: no such tool (the message lists the available ids).
-            RuntimeError: as :attr:`tools`.
-        """
-        tools = self._require()
-        if tool_id not in tools:
-            raise KeyError(f"MCPServer {self.name!r} has no tool {tool_id!r}; available: {sorted(tools)}")
-        return tools[tool_id]
+    def _label(self) -> str:
+        return f"MCPServer {self.name!r}"
 
     def _live_specs(self) -> dict[str, ToolSpec]:
         """Tools of the current connection (empty while disconnected)."""

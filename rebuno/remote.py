@@ -7,14 +7,14 @@ agent to pick up runner-side schema changes); each callable submits a remote
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import structlog
 
 from schemas import api
 
 from ._connection import Requester
-from ._tools import make_remote_callable
+from ._tools import ToolCollection, make_remote_callable
 from .errors import RebunoError
 
 __all__ = ["Tools"]
@@ -22,7 +22,7 @@ __all__ = ["Tools"]
 _HANDLES: list["Tools"] = []
 
 
-class Tools:
+class Tools(ToolCollection):
     """A handle on the directory's tools under ``prefix``.
 
     Matches ids equal to ``prefix`` or starting with ``prefix.`` or ``prefix_``.
@@ -38,35 +38,14 @@ class Tools:
         self._tools: dict[str, Callable[..., Any]] | None = None
         _HANDLES.append(self)
 
-    @property
-    def tools(self) -> list[Callable[..., Any]]:
-        """The tool callables, in id order (splat them into a framework's tool list).
-
-        Raises:
-            RuntimeError: before the handle was connected (i.e. outside ``agent.run()``).
-        """
-        return list(self._require().values())
-
     def _require(self) -> dict[str, Callable[..., Any]]:
         if self._tools is None:
             raise RuntimeError(f"remote.Tools(prefix={self.prefix!r}) has not been connected; its tools are "
                                "fetched when agent.run() starts")
         return self._tools
 
-    def __iter__(self) -> Iterator[Callable[..., Any]]:
-        return iter(self.tools)
-
-    def __len__(self) -> int:
-        return len(self._require())
-
-    def __contains__(self, tool_id: object) -> bool:
-        return tool_id in self._require()
-
-    def __getitem__(self, tool_id: str) -> Callable[..., Any]:
-        tools = self._require()
-        if tool_id not in tools:
-            raise KeyError(f"no tool {tool_id!r} under prefix {self.prefix!r}; available: {sorted(tools)}")
-        return tools[tool_id]
+    def _label(self) -> str:
+        return f"remote.Tools(prefix={self.prefix!r})"
 
     async def connect(self, requester: Requester) -> None:
         """Fetch the schemas from ``tools.list`` (once; later calls do nothing).
