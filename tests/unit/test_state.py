@@ -1277,3 +1277,15 @@ def test_timer_index_view_agrees_with_the_record(h: Harness) -> None:
     same()
     h.intent(api.Complete(output=1))
     same()
+
+
+def test_an_approval_wait_ends_at_the_execution_deadline(ha: Harness) -> None:
+    """No approval-specific timeout (``spec/kernel.md`` §16): the held step's own deadline
+    does not run while blocked; the execution deadline does."""
+    sid = ha.invoke("deploy_api", key="k1").reply.step_id
+    held = ha.rec.steps[sid].deadline
+    assert ha.expire(held + timedelta(seconds=1)).events == []
+    d = ha.expire(ha.rec.created_at + timedelta(hours=1))
+    assert types(d.events) == ["step.cancelled", "execution.failed"] and d.events[0].step_id == sid
+    with kernel_error("CONFLICT"):
+        ha.signal("step.approve", {"step_id": sid, "approved": True})
