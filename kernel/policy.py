@@ -510,6 +510,13 @@ class PolicySet:
     version: str = ""
     lifecycle_default: bool = True
     warnings: tuple[str, ...] = ()
+    has_rate_limits: bool = field(init=False, default=False)
+    """Whether any rule has a ``rate_limit`` (the kernel skips the shared counters otherwise)."""
+
+    def __post_init__(self) -> None:
+        engines = [*self.agents.values(), *([self.fallback] if self.fallback is not None else [])]
+        object.__setattr__(self, "has_rate_limits", any(
+            rule.rate_limit is not None for engine in engines for rule in engine.rules))
 
     def engine_for(self, agent_id: str) -> RuleSet | None:
         """The engine deciding for ``agent_id``; None = no policy for that agent."""
@@ -531,6 +538,7 @@ class PolicySet:
         """The rules of the engine for agents without their own file (all rules of a
         single-file policy); () when there is none."""
         return self.fallback.rules if self.fallback is not None else ()
+
 
     def describe(self) -> str:
         """One line for banners and logs (spec ``cli.md`` §2)."""

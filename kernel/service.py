@@ -493,7 +493,7 @@ class Kernel:
         §7): only for an ``allow`` by a rule with a ``rate_limit``. A call that will not create a
         step (wrong session, repeated key, blocked or finished execution) takes no slot."""
         it = req.intent
-        if not isinstance(it, api.InvokeTool) or self.limiter is None:
+        if not isinstance(it, api.InvokeTool) or self.limiter is None or not policy.has_rate_limits:
             return False
         def creates_step(r: ExecutionRecord) -> bool:
             return (r.session is not None and r.session.id == req.session_id and r.status is ExecutionStatus.RUNNING
