@@ -121,7 +121,7 @@ class Kernel:
         await self._adopt_applied_policy()
         self._policy_watch = asyncio.create_task(self._watch_policy(), name="rebuno-kernel-policy-watch")
         self.timers = Timers(self.store.kv["executions"], self.store.kv["leases"], self.limits, self._fire,
-                             self.config.timer_interval)
+                             self.config.timer_interval, self.config.agent_lease)
         await self.timers.start()
         self._sub = await self.nc.subscribe(self.names.api_wildcard, queue=KERNEL_QUEUE, cb=self._on_msg,
                                             pending_msgs_limit=65536)
@@ -524,7 +524,8 @@ class Kernel:
         return timedelta(milliseconds=lease_ms) if lease_ms > 0 else self.config.agent_lease
 
     async def _put_lease(self, execution_id: str, session_id: str, lease: timedelta) -> None:
-        record = LeaseRecord(session_id=session_id, expires_at=_now() + lease)
+        record = LeaseRecord(session_id=session_id, expires_at=_now() + lease,
+                             lease_ms=int(lease.total_seconds() * 1000))
         await self.store.kv["leases"].put(execution_id, msgspec.json.encode(record))
 
     async def _renew(self, req: api.Renew) -> Any:
@@ -547,7 +548,7 @@ class Kernel:
         try:
             entry = await self.store.kv["leases"].get(execution_id)
             stored = msgspec.json.decode(entry.value, type=LeaseRecord) if entry.value else None
-            lease = machine.Lease(stored.session_id, stored.expires_at) if stored else None
+            lease = self.timers.effective_lease(stored) if stored and self.timers else None
         except (nats.js.errors.KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
             lease = None
         rec, decision = await self._transact(

@@ -88,8 +88,11 @@ class Timers:
     """
 
     def __init__(self, executions: KeyValue, leases: KeyValue, limits: machine.Limits,
-                 fire: Callable[[str], Awaitable[None]], interval: float = 0.25) -> None:
+                 fire: Callable[[str], Awaitable[None]], interval: float = 0.25,
+                 default_lease: timedelta = timedelta(seconds=30)) -> None:
         self.executions = executions
+        self.default_lease = default_lease
+        self.started_at = _now()
         self.leases = leases
         self.limits = limits
         self.fire = fire
@@ -127,6 +130,15 @@ class Timers:
     def lease(self, execution_id: str) -> machine.Lease | None:
         return self._leases.get(execution_id)
 
+    def effective_lease(self, stored: LeaseRecord) -> machine.Lease:
+        """A stored lease as this replica enforces it: never before one lease length has passed
+        since the replica started. Agents keep renewing while no kernel answers, so after an
+        outage of every replica, live agents get a lease's time to renew before anything of
+        theirs is reset (without this, every running execution was reset on restart)."""
+        length = timedelta(milliseconds=stored.lease_ms) if stored.lease_ms else self.default_lease
+        return machine.Lease(session_id=stored.session_id,
+                             expires_at=max(stored.expires_at, self.started_at + length))
+
     # -- index ----------------------------------------------------------------------
     async def _watch(self, kv: KeyValue, apply: Callable[[str, bytes | None], None]) -> None:
         def on_entry(entry: Any) -> None:
@@ -160,7 +172,7 @@ class Timers:
             lease = _LEASE_DECODER.decode(value)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
-        self._leases[execution_id] = machine.Lease(session_id=lease.session_id, expires_at=lease.expires_at)
+        self._leases[execution_id] = self.effective_lease(lease)
         self._schedule(execution_id)
 
     def _schedule(self, execution_id: str, at: datetime | None = None) -> None:

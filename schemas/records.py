@@ -269,6 +269,8 @@ class LeaseRecord(msgspec.Struct, **_R, frozen=True):
 
     session_id: str
     expires_at: datetime
+    lease_ms: int = 0
+    """The lease's length (milliseconds) as the agent asked for it."""
 
 
 class PolicyBundle(msgspec.Struct, **_R, frozen=True):

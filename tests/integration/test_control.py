@@ -431,3 +431,42 @@ async def test_policy_apply_refuses_an_invalid_policy(nats_server, tmp_path: Pat
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     assert 'bad.yaml:4: rule "x" has invalid decision "maybe"' in err.decode()
+
+
+async def test_live_agents_keep_their_executions_across_a_kernel_outage(nats_server, tmp_path: Path) -> None:
+    """Every kernel replica is down for longer than the agent's lease. A live agent keeps trying
+    to renew, so the restarted kernel gives it one lease length before enforcing leases: the
+    execution is not reset and the waiting handler finishes in its first session."""
+    env = {**os.environ, "REBUNO_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "rebuno.cli", "kernel", "--nats", nats_server.url, "--agent-lease", "2"]
+    c = Cluster(nats_server)
+
+    async def handler() -> Any:
+        return await execution.wait_signal("go")
+
+    kernel = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    restarted = None
+    try:
+        client = c.client(timeout=5.0)
+        await wait_for(lambda: _healthy(client), timeout=30)
+        await c.agent("outlasting", handler, lease=2.0)
+        ex = await client.create("outlasting")
+        await wait_for(lambda: _status(client, ex.id, "blocked"), timeout=30)
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait(10)
+        await asyncio.sleep(4.0)  # twice the lease with no kernel at all
+        restarted = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+        await wait_for(lambda: _healthy(client), timeout=30)
+        await asyncio.sleep(3.0)  # past the grace: the agent renewed meanwhile
+        await client.send_signal(ex.id, "go", {"ok": True})
+        events = await _events(client, ex.id)
+        final = await client.get(ex.id)
+        assert final.status is ExecutionStatus.COMPLETED and final.output == {"ok": True}, final.error
+        types = [e.type for e in events]
+        assert types.count("execution.started") == 1 and "agent.timeout" not in types, types
+    finally:
+        for proc in (kernel, restarted):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+        await c.close()
