@@ -15,9 +15,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from schemas.records import PolicyBundle
 from schemas.subjects import Names
 
-from .policy import policy_from_sources
+from .policy import PolicySet, policy_from_sources
 
-__all__ = ["ACTIVE_KEY", "apply_policy", "applied_policy"]
+__all__ = ["ACTIVE_KEY", "apply_policy", "applied_policy", "decode_bundle", "bundle_policy"]
 
 ACTIVE_KEY = "active"
 
@@ -51,6 +51,21 @@ async def apply_policy(nc: NATS, names: Names, files: Mapping[str, str], origin:
     return bundle
 
 
+def decode_bundle(data: bytes) -> PolicyBundle:
+    """A stored bundle (raises msgspec.DecodeError / ValidationError when it is not one)."""
+    return msgspec.json.decode(data, type=PolicyBundle)
+
+
+def bundle_policy(data: bytes) -> PolicySet:
+    """The policy a stored bundle holds, built exactly as ``apply`` validated it.
+
+    Raises:
+        kernel.policy.PolicyError, msgspec.DecodeError, msgspec.ValidationError.
+    """
+    bundle = decode_bundle(data)
+    return policy_from_sources(bundle.files, bundle.origin or "rebuno policy apply")
+
+
 async def applied_policy(nc: NATS, names: Names) -> PolicyBundle | None:
     """The bundle in force, or None when none was ever applied."""
     kv = await _bucket(nc, names, create=False)
@@ -60,4 +75,4 @@ async def applied_policy(nc: NATS, names: Names) -> PolicyBundle | None:
         entry = await kv.get(ACTIVE_KEY)
     except nats.js.errors.KeyNotFoundError:
         return None
-    return msgspec.json.decode(entry.value, type=PolicyBundle) if entry.value else None
+    return decode_bundle(entry.value) if entry.value else None

@@ -28,15 +28,15 @@ from nats.aio.msg import Msg
 from schemas import api, codec
 from schemas.events import EventBatch, ExecutionResumed
 from schemas.ids import InvalidIdError, new_id
-from schemas.records import ExecutionRecord, ExecutionStatus, LeaseRecord, PolicyBundle
+from schemas.records import ExecutionRecord, ExecutionStatus, LeaseRecord
 from schemas.subjects import HEADER_SCHEMA, HEADER_TYPE, KERNEL_QUEUE, Names
 
 from . import machine
 from .config import KernelConfig
 from .errors import KernelError
 from ._watch import watch_bucket
-from .policy import Policy, PolicyError, policy_from_sources
-from .policy_store import ACTIVE_KEY
+from .policy import Policy, PolicyError
+from .policy_store import ACTIVE_KEY, bundle_policy
 from .ratelimit import RateLimitUnavailable, RateLimiter
 from .state import FoldError, apply_batch, replay_calls
 from .directory import ToolDirectory
@@ -585,10 +585,6 @@ class Kernel:
                                policy_version=self.policy.version)
 
     # ---------------------------------------------------------------- policy --
-    def _bundle_policy(self, data: bytes) -> Policy:
-        bundle = msgspec.json.decode(data, type=PolicyBundle)
-        return policy_from_sources(bundle.files, bundle.origin or "rebuno policy apply")
-
     async def _adopt_applied_policy(self) -> None:
         """Use the policy in ``<prefix>-policy`` when one was applied: every replica enforces
         the same rules, whatever policy it was started with."""
@@ -599,7 +595,7 @@ class Kernel:
         if not entry.value:
             return
         try:
-            policy = self._bundle_policy(entry.value)
+            policy = bundle_policy(entry.value)
         except (PolicyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.log.error("the applied policy is invalid; keeping the configured one", error=str(exc))
             return
@@ -617,7 +613,7 @@ class Kernel:
         if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
             return
         try:
-            policy = self._bundle_policy(entry.value)
+            policy = bundle_policy(entry.value)
         except (PolicyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.log.error("ignoring an invalid applied policy", error=str(exc))
             return
